@@ -1,0 +1,67 @@
+"""``flask etl run`` and ``flask etl status``."""
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from kasparro.etl.pipeline import run_source
+from kasparro.etl.sources import SOURCE_NAMES
+from kasparro.extensions import db
+from kasparro.models import Checkpoint
+from kasparro.queries import source_health
+
+etl_cli = AppGroup("etl", help="Run and inspect the ETL pipeline.")
+
+
+def _counts(run) -> str:
+    return (
+        f"read={run.rows_read} inserted={run.inserted} updated={run.updated} "
+        f"unchanged={run.unchanged} rejected={run.rejected} unresolved={run.unresolved}"
+    )
+
+
+@etl_cli.command("run")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(SOURCE_NAMES),
+    help="Source to run; repeat for several. Default: all.",
+)
+def run_command(sources):
+    """Run the ETL for each source and print a summary; exit 1 if any source failed."""
+    failed = []
+    for name in sources or SOURCE_NAMES:
+        run = run_source(db.session, name, current_app.config, trigger="cli")
+        click.echo(
+            f"{name:<14} run {run.id:<5} {run.status:<8} {_counts(run)} ({run.duration_ms} ms)"
+        )
+        if run.error:
+            click.echo(f"{'':<14} error: {run.error}")
+        if run.status == "FAILED":
+            failed.append(name)
+    if failed:
+        raise click.ClickException(f"failed: {', '.join(failed)}")
+
+
+@etl_cli.command("status")
+def status_command():
+    """Print each source's last run and checkpoint."""
+    _, last_runs = source_health(db.session)
+    for name in SOURCE_NAMES:
+        run = last_runs.get(name)
+        checkpoint = db.session.get(Checkpoint, name)
+        state = (
+            f"run {run.id} {run.status} at {run.finished_at or run.started_at:%Y-%m-%d %H:%M:%S}"
+            if run
+            else "never run"
+        )
+        click.echo(f"{name:<14} {state}")
+        if run and run.status != "RUNNING":
+            click.echo(f"{'':<14} {_counts(run)}")
+        if run and run.error:
+            click.echo(f"{'':<14} error: {run.error}")
+        cursor = json.dumps(checkpoint.cursor, sort_keys=True) if checkpoint else "none"
+        click.echo(f"{'':<14} checkpoint: {cursor}")

@@ -1,0 +1,66 @@
+"""Every setting Kasparro reads, taken from the environment with safe defaults."""
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+COINGECKO_MARKETS_URL = "https://api.coingecko.com/api/v3/coins/markets"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip() or default
+
+
+def load_settings() -> dict:
+    """Read every setting from the environment; secrets have no default."""
+    return {
+        "SQLALCHEMY_DATABASE_URI": _str("DATABASE_URL", "sqlite:///./etl.db"),
+        "API_SOURCE_URL": _str("API_SOURCE_URL", COINGECKO_MARKETS_URL),
+        "API_KEY": os.environ.get("API_KEY", "").strip(),
+        "API_KEY_HEADER": _str("API_KEY_HEADER"),
+        "API_MAX_PAGES": _int("API_MAX_PAGES", 4),
+        "API_PER_PAGE": _int("API_PER_PAGE", 250),
+        "API_TIMEOUT_SECONDS": _float("API_TIMEOUT_SECONDS", 10.0),
+        "CSV1_PATH": _str("CSV1_PATH", str(PROJECT_ROOT / "data" / "source1.csv")),
+        "CSV2_PATH": _str("CSV2_PATH", str(PROJECT_ROOT / "data" / "source2.csv")),
+        "ASSETS_SEED_PATH": _str(
+            "ASSETS_SEED_PATH", str(PROJECT_ROOT / "data" / "assets_seed.csv")
+        ),
+        "ETL_BATCH_SIZE": _int("ETL_BATCH_SIZE", 1000),
+        "ETL_INJECT_FAILURE": _str("ETL_INJECT_FAILURE"),
+        "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),
+        "LOG_FORMAT": _str("LOG_FORMAT", "json").lower(),
+        "CORS_ORIGINS": _str("CORS_ORIGINS"),
+    }
+
+
+def secret_values(config) -> list[str]:
+    """Return the configured secret values, so logs can be scrubbed of them."""
+    secrets = [config.get("API_KEY", "")]
+    try:
+        secrets.append(make_url(config["SQLALCHEMY_DATABASE_URI"]).password or "")
+    except Exception:  # an unparsable URL fails later with its own clear error
+        pass
+    return [s for s in secrets if s and len(s) >= 4]

@@ -1,0 +1,234 @@
+"""The two stages of a run, as plain functions: extract into raw, then transform and upsert.
+
+Each stage commits batch by batch. The transform moves the checkpoint in the same transaction as
+the unified rows and rejections of its batch, so a crash anywhere leaves the checkpoint at or
+behind the data, and the next run resumes from it.
+"""
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from kasparro.db_types import utcnow
+from kasparro.etl.assets import AssetResolver, read_seed, upsert_assets
+from kasparro.etl.faults import FailurePlan
+from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
+from kasparro.etl.parsing import InvalidValue
+from kasparro.etl.sources import get_source
+from kasparro.etl.sources.base import Source
+from kasparro.models import Checkpoint, EtlRun
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+ERROR_TEXT_LIMIT = 2000
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Yield lists of up to ``size`` items, reading ``items`` lazily."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def start_run(session: Session, source: str, trigger: str, task_id: str | None = None) -> int:
+    """Record a RUNNING run of ``source`` and return its id."""
+    get_source(source, {})  # an unknown source fails here, before a run is recorded
+    checkpoint = session.get(Checkpoint, source)
+    run = EtlRun(
+        source=source,
+        status="RUNNING",
+        trigger=trigger,
+        task_id=task_id,
+        started_at=utcnow(),
+        checkpoint_before=checkpoint.cursor if checkpoint else None,
+    )
+    session.add(run)
+    session.commit()
+    log.info("etl.run.started", run_id=run.id, source=source, trigger=trigger)
+    return run.id
+
+
+def extract(session: Session, run_id: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Read the source past its checkpoint into its raw table; return what the transform needs."""
+    run = session.get_one(EtlRun, run_id)
+    source = get_source(run.source, settings)
+    checkpoint = session.get(Checkpoint, run.source)
+    cursor = checkpoint.cursor if checkpoint else None
+    transformed_up_to = checkpoint.last_raw_id if checkpoint else 0
+    model = source.raw_model
+    for batch in batched(source.read(cursor), settings["ETL_BATCH_SIZE"]):
+        new_keys = insert_raw(session, model, batch, run_id)
+        stored_keys = {row.record_key for row in batch} - new_keys
+        if stored_keys:
+            # Already stored and already transformed means the record has not changed.
+            run.unchanged += session.scalar(
+                sa.select(sa.func.count())
+                .select_from(model)
+                .where(model.record_key.in_(stored_keys), model.id <= transformed_up_to)
+            )
+        run.rows_read += len(batch)
+        session.commit()
+    log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
+    return {"run_id": run_id, "context": source.context()}
+
+
+def transform_and_upsert(
+    session: Session, run_id: int, context: dict[str, Any], settings: dict[str, Any]
+) -> str:
+    """Turn raw rows past the checkpoint into unified rows, batch by batch; finish the run."""
+    run = session.get_one(EtlRun, run_id)
+    source = get_source(run.source, settings)
+    failure = FailurePlan.parse(settings["ETL_INJECT_FAILURE"])
+    if failure:
+        failure.check(run.source, "before_load")
+    upsert_assets(session, read_seed(settings["ASSETS_SEED_PATH"]), origin="seed")
+    resolver = AssetResolver.load(session)
+    checkpoint = session.get(Checkpoint, run.source) or Checkpoint(
+        source=run.source, cursor={}, last_raw_id=0
+    )
+    model = source.raw_model
+    processed = 0
+    while raws := session.scalars(
+        sa.select(model)
+        .where(model.id > checkpoint.last_raw_id)
+        .order_by(model.id)
+        .limit(settings["ETL_BATCH_SIZE"])
+    ).all():
+        unified, rejections = _transform_batch(session, source, run, raws, context, resolver)
+        processed += len(raws)
+        if failure:
+            failure.check(run.source, "after_rows", processed)
+        counts = upsert_unified(session, unified)
+        run.inserted += counts.inserted
+        run.updated += counts.updated
+        run.unchanged += counts.unchanged
+        run.rejected += insert_rejections(session, rejections)
+        for raw in raws:
+            checkpoint.cursor = source.advance(checkpoint.cursor, raw, context)
+        checkpoint.last_raw_id = raws[-1].id
+        checkpoint.last_external_id = source.external_id(raws[-1])
+        checkpoint.run_id = run_id
+        checkpoint.updated_at = utcnow()
+        session.add(checkpoint)
+        if failure:
+            failure.check(run.source, "on_commit")
+        session.commit()
+    return _finish(session, run, "PARTIAL" if run.rejected else "SUCCESS", checkpoint.cursor)
+
+
+def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolver):
+    known = [asset for raw in raws for asset in source.known_assets(raw)]
+    upsert_assets(session, known, origin="coingecko")
+    for asset in known:
+        resolver.add(asset.id, asset.symbol, asset.name)
+    duplicates = source.duplicates(session, raws)
+    unified: list[dict[str, Any]] = []
+    rejections: list[dict[str, Any]] = []
+    for raw in raws:
+        try:
+            if raw.id in duplicates:
+                raise InvalidValue(duplicates[raw.id])
+            observations = source.observations(raw, context)
+        except InvalidValue as exc:
+            reference, text = source.describe(raw)
+            rejections.append(
+                {
+                    "run_id": run.id,
+                    "source": run.source,
+                    "record_key": raw.record_key,
+                    "reference": reference[:255],
+                    "raw_text": text,
+                    "reason": str(exc),
+                    "rejected_at": utcnow(),
+                }
+            )
+            continue
+        for observation in observations:
+            asset_id = resolver.resolve(observation)
+            run.unresolved += asset_id is None
+            unified.append(
+                {
+                    "source": run.source,
+                    "external_id": observation.external_id[:200],
+                    "asset_id": asset_id,
+                    "symbol": observation.symbol,
+                    "name": observation.name,
+                    "metric": observation.metric,
+                    "value": observation.value,
+                    "currency": observation.currency,
+                    "timestamp": observation.timestamp,
+                    "ingested_at": utcnow(),
+                    "run_id": run.id,
+                    "raw_id": raw.id,
+                }
+            )
+    return unified, rejections
+
+
+def _finish(
+    session: Session, run: EtlRun, status: str, cursor: dict | None, error: str = ""
+) -> str:
+    run.status = status
+    run.error = error or None
+    run.finished_at = utcnow()
+    run.duration_ms = int((run.finished_at - run.started_at).total_seconds() * 1000)
+    run.checkpoint_after = cursor
+    session.commit()
+    log.info(
+        "etl.run.finished",
+        run_id=run.id,
+        source=run.source,
+        status=status,
+        rows_read=run.rows_read,
+        inserted=run.inserted,
+        updated=run.updated,
+        unchanged=run.unchanged,
+        rejected=run.rejected,
+        unresolved=run.unresolved,
+        duration_ms=run.duration_ms,
+        error=run.error,
+    )
+    return status
+
+
+def describe_error(exc: BaseException) -> str:
+    """Return a short, secret-free account of why a run failed (no SQL, no traceback)."""
+    if isinstance(exc, SQLAlchemyError):
+        original = getattr(exc, "orig", None) or exc
+        first_line = str(original).strip().splitlines()[0] if str(original).strip() else ""
+        text = f"database error: {type(original).__name__}: {first_line}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text[:ERROR_TEXT_LIMIT]
+
+
+def fail_run(session: Session, run_id: int, exc: BaseException) -> str:
+    """Roll back the batch in flight and record the run as FAILED with the error."""
+    session.rollback()
+    run = session.get_one(EtlRun, run_id)
+    checkpoint = session.get(Checkpoint, run.source)
+    return _finish(
+        session, run, "FAILED", checkpoint.cursor if checkpoint else None, describe_error(exc)
+    )
+
+
+def run_source(
+    session: Session,
+    source: str,
+    settings: dict[str, Any],
+    trigger: str = "cli",
+    task_id: str | None = None,
+) -> EtlRun:
+    """Run one source end to end in this process and return its finished run."""
+    run_id = start_run(session, source, trigger, task_id)
+    try:
+        extracted = extract(session, run_id, settings)
+        transform_and_upsert(session, run_id, extracted["context"], settings)
+    except Exception as exc:  # every failure is recorded on the run, never lost
+        fail_run(session, run_id, exc)
+    return session.get_one(EtlRun, run_id)

@@ -1,0 +1,176 @@
+"""Streaming CSV reading shared by the CSV sources: offsets, appends and replaced files."""
+
+import csv
+import hashlib
+import os
+from abc import abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from kasparro.etl.parsing import InvalidValue
+from kasparro.etl.sources.base import Observation, RawRow, Source, SourceError
+from kasparro.models import RawCsvRecordMixin
+
+
+def content_hash(body: bytes) -> str:
+    """Return the hash that identifies a row's text, line ending excluded."""
+    return hashlib.sha256(body.rstrip(b"\r\n")).hexdigest()
+
+
+class CsvSource(Source):
+    """A CSV file read as a stream from a byte offset, so appended rows cost only themselves.
+
+    The cursor records the file's header hash, the byte offset after the last row covered and
+    that row's start and hash. A file whose header or last covered row no longer matches, or that
+    is shorter than the offset, was replaced rather than appended to: it is read again from the
+    top as a new generation, and the unified upsert turns re-read rows into no-ops.
+    """
+
+    path_setting: ClassVar[str]
+    columns: ClassVar[tuple[str, ...]]
+
+    def __init__(self, settings: dict[str, Any]):
+        super().__init__(settings)
+        self._context: dict[str, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        """Return the file this source reads."""
+        return Path(self.settings[self.path_setting])
+
+    def read(self, cursor: dict[str, Any] | None) -> Iterator[RawRow]:
+        """Yield the rows after the cursor, or every row if the file was replaced."""
+        try:
+            handle = open(self.path, "rb")
+        except OSError as exc:
+            raise SourceError(f"cannot open {self.path}: {exc.strerror}") from None
+        with handle:
+            header_line = handle.readline()
+            header = self._header(header_line)
+            header_hash = content_hash(header_line)
+            if cursor and self._continues(handle, cursor, header_hash):
+                generation, offset, line_no = cursor["generation"], cursor["offset"], cursor["line"]
+            else:
+                generation = (cursor or {}).get("generation", 0) + 1
+                offset, line_no = len(header_line), 1
+            self._context = {"generation": generation, "header_hash": header_hash, "header": header}
+            handle.seek(offset)
+            yield from self._rows(handle, header, generation, line_no)
+
+    def context(self) -> dict[str, Any]:
+        """Return the generation and header of the read that just ended."""
+        return self._context
+
+    def _header(self, line: bytes) -> list[str]:
+        try:
+            text = line.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise SourceError(f"{self.path.name}: header is not valid UTF-8") from None
+        header = [name.strip().lower() for name in next(csv.reader([text]), [])]
+        missing = [name for name in self.columns if name not in header]
+        if missing:
+            raise SourceError(
+                f"{self.path.name}: header {header} lacks the columns {missing}; "
+                f"expected {list(self.columns)}"
+            )
+        return header
+
+    @staticmethod
+    def _continues(handle: BinaryIO, cursor: dict[str, Any], header_hash: str) -> bool:
+        if cursor.get("header_hash") != header_hash:
+            return False
+        if os.fstat(handle.fileno()).st_size < cursor["offset"]:
+            return False
+        if cursor.get("last_start") is None:
+            return True
+        handle.seek(cursor["last_start"])
+        last_row = handle.read(cursor["offset"] - cursor["last_start"])
+        return content_hash(last_row) == cursor["last_hash"]
+
+    @staticmethod
+    def _rows(
+        handle: BinaryIO, header: list[str], generation: int, line_no: int
+    ) -> Iterator[RawRow]:
+        while True:
+            start = handle.tell()
+            chunk = handle.readline()
+            if not chunk:
+                return
+            line_no += 1
+            first_line = line_no
+            # A quoted field may hold a line break: read on until the quotes balance.
+            while chunk.count(b'"') % 2 and (more := handle.readline()):
+                chunk += more
+                line_no += 1
+            if not chunk.strip():
+                continue
+            text = chunk.rstrip(b"\r\n").decode("utf-8", errors="replace")
+            fields = next(csv.reader([text], strict=False), [])
+            payload = dict(zip(header, fields, strict=True)) if len(fields) == len(header) else None
+            yield RawRow(
+                record_key=f"{generation}:{first_line}",
+                payload=payload,
+                columns={
+                    "generation": generation,
+                    "content_hash": content_hash(chunk),
+                    "line_no": first_line,
+                    "start_offset": start,
+                    "end_offset": handle.tell(),
+                    "raw_text": text,
+                },
+            )
+
+    def advance(self, cursor: dict, raw: RawCsvRecordMixin, context: dict[str, Any]) -> dict:
+        """Return a cursor just past ``raw``."""
+        return {
+            "generation": raw.generation,
+            "header_hash": context["header_hash"],
+            "offset": raw.end_offset,
+            "line": raw.line_no + raw.raw_text.count("\n"),
+            "last_start": raw.start_offset,
+            "last_hash": raw.content_hash,
+        }
+
+    def describe(self, raw: RawCsvRecordMixin) -> tuple[str, str]:
+        """Return the row's line number and text."""
+        return f"line {raw.line_no}", raw.raw_text
+
+    def external_id(self, raw: RawCsvRecordMixin) -> str | None:
+        """Return the row's first field, its id."""
+        return (raw.payload or {}).get(self.columns[0])
+
+    def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
+        """Find rows whose text repeats an earlier row of the same file generation."""
+        model = self.raw_model
+        first_lines = {
+            (generation, digest): line
+            for generation, digest, line in session.execute(
+                sa.select(model.generation, model.content_hash, sa.func.min(model.line_no))
+                .where(model.content_hash.in_({raw.content_hash for raw in raws}))
+                .group_by(model.generation, model.content_hash)
+            )
+        }
+        return {
+            raw.id: f"duplicate of line {first}"
+            for raw in raws
+            if (first := first_lines[(raw.generation, raw.content_hash)]) < raw.line_no
+        }
+
+    def observations(self, raw: RawCsvRecordMixin, context: dict[str, Any]) -> list[Observation]:
+        """Turn one row into observations; a row of the wrong width is rejected."""
+        if raw.payload is None:
+            width = len(next(csv.reader([raw.raw_text], strict=False), []))
+            expected = len(context["header"])
+            raise InvalidValue(f"malformed row: expected {expected} fields, got {width}")
+        fields = {name: (raw.payload.get(name) or "").strip() for name in self.columns}
+        if not fields[self.columns[0]]:
+            raise InvalidValue(f"missing {self.columns[0]}")
+        return self.row_observations(fields)
+
+    @abstractmethod
+    def row_observations(self, fields: dict[str, str]) -> list[Observation]:
+        """Map one well-formed row's fields to observations."""

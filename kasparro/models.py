@@ -1,0 +1,159 @@
+"""The tables: raw inputs, unified observations, assets, checkpoints, the run log, rejects."""
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kasparro.db_types import BigId, ExactDecimal, UTCDateTime, utcnow
+from kasparro.extensions import db
+
+RUN_STATUSES = ("RUNNING", "SUCCESS", "PARTIAL", "FAILED", "SKIPPED")
+RUN_TRIGGERS = ("schedule", "api", "cli")
+
+
+class EtlRun(db.Model):
+    """One run of one source: its status, trigger, counts, checkpoints and error."""
+
+    __tablename__ = "etl_runs"
+    __table_args__ = (
+        sa.Index("ix_etl_runs_source_id", "source", "id"),
+        sa.Index("ix_etl_runs_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    trigger: Mapped[str] = mapped_column(sa.String(16))
+    task_id: Mapped[str | None] = mapped_column(sa.String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[int | None] = mapped_column(sa.Integer)
+    rows_read: Mapped[int] = mapped_column(sa.Integer, default=0)
+    inserted: Mapped[int] = mapped_column(sa.Integer, default=0)
+    updated: Mapped[int] = mapped_column(sa.Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(sa.Integer, default=0)
+    rejected: Mapped[int] = mapped_column(sa.Integer, default=0)
+    unresolved: Mapped[int] = mapped_column(sa.Integer, default=0)
+    checkpoint_before: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    checkpoint_after: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+
+
+class Asset(db.Model):
+    """A canonical coin identity, keyed by its CoinGecko-style id (``bitcoin``)."""
+
+    __tablename__ = "assets"
+
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    symbol: Mapped[str] = mapped_column(sa.String(50), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200), index=True)
+    origin: Mapped[str] = mapped_column(sa.String(16))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RawRecordMixin:
+    """Columns every raw table shares: the run that first read it and a natural key."""
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("etl_runs.id"))
+    record_key: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    payload: Mapped[Any] = mapped_column(sa.JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RawApiRecord(RawRecordMixin, db.Model):
+    """A coin object from /coins/markets, as received; keyed by coin id and last_updated."""
+
+    __tablename__ = "raw_api_records"
+
+    external_id: Mapped[str] = mapped_column(sa.String(200))
+    source_updated_at: Mapped[str] = mapped_column(sa.String(64))
+
+
+class RawCsvRecordMixin(RawRecordMixin):
+    """A CSV row as text, with where it was in the file; keyed by file generation and line."""
+
+    generation: Mapped[int] = mapped_column(sa.Integer)
+    content_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    line_no: Mapped[int] = mapped_column(sa.Integer)
+    start_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    end_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    raw_text: Mapped[str] = mapped_column(sa.Text)
+
+
+class RawCsvRecord(RawCsvRecordMixin, db.Model):
+    """A row of the csv1 price feed."""
+
+    __tablename__ = "raw_csv_records"
+
+
+class RawCsv2Record(RawCsvRecordMixin, db.Model):
+    """A row of the csv2 market feed."""
+
+    __tablename__ = "raw_csv2_records"
+
+
+class UnifiedRecord(db.Model):
+    """One observation of one metric of one asset, from any source."""
+
+    __tablename__ = "unified_records"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "source", "external_id", "metric", "timestamp", name="uq_unified_observation"
+        ),
+        sa.Index("ix_unified_timestamp_id", "timestamp", "id"),
+        sa.Index("ix_unified_source_timestamp_id", "source", "timestamp", "id"),
+        sa.Index("ix_unified_asset_timestamp_id", "asset_id", "timestamp", "id"),
+        sa.Index("ix_unified_symbol_timestamp_id", "symbol", "timestamp", "id"),
+        sa.Index("ix_unified_metric_timestamp_id", "metric", "timestamp", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(sa.String(32))
+    external_id: Mapped[str] = mapped_column(sa.String(200))
+    asset_id: Mapped[str | None] = mapped_column(sa.String(200))
+    symbol: Mapped[str | None] = mapped_column(sa.String(50))
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    metric: Mapped[str] = mapped_column(sa.String(50))
+    value: Mapped[Decimal] = mapped_column(ExactDecimal)
+    currency: Mapped[str] = mapped_column(sa.String(10))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    ingested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("etl_runs.id"))
+    raw_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class Checkpoint(db.Model):
+    """Where each source's next run starts; moved in the transaction of the rows it covers."""
+
+    __tablename__ = "checkpoints"
+
+    source: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    cursor: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    last_raw_id: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_external_id: Mapped[str | None] = mapped_column(sa.String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("etl_runs.id"))
+
+
+class RejectedRecord(db.Model):
+    """An input row that failed validation, with its text and the reason."""
+
+    __tablename__ = "rejected_records"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "record_key", name="uq_rejected_source_key"),
+        sa.Index("ix_rejected_run_id", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("etl_runs.id"))
+    source: Mapped[str] = mapped_column(sa.String(32))
+    record_key: Mapped[str] = mapped_column(sa.String(255))
+    reference: Mapped[str] = mapped_column(sa.String(255))
+    raw_text: Mapped[str] = mapped_column(sa.Text)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    rejected_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,49 @@
+"""``GET /health``: the database, the broker and the last runs."""
+
+import sqlalchemy as sa
+import structlog
+from flask_smorest import Blueprint
+from sqlalchemy.exc import SQLAlchemyError
+
+from kasparro.extensions import db
+from kasparro.queries import source_health
+from kasparro.schemas import HealthSchema
+
+blp = Blueprint("health", __name__, description="Service health")
+log = structlog.get_logger(__name__)
+
+
+@blp.route("/health")
+@blp.response(200, HealthSchema)
+@blp.alt_response(503, schema=HealthSchema, description="The database is unreachable")
+def get_health():
+    """Report whether the database answers and how each source's last run went."""
+    try:
+        db.session.execute(sa.text("SELECT 1"))
+        newest, last_runs = source_health(db.session)
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        log.warning("health.database_unreachable", error=type(exc).__name__)
+        return {
+            "status": "unhealthy",
+            "database_connected": False,
+            "broker_connected": None,
+            "last_etl_run": None,
+            "sources": {},
+        }, 503
+    failing = any(run.status == "FAILED" for run in last_runs.values())
+    return {
+        "status": "degraded" if failing else "healthy",
+        "database_connected": True,
+        "broker_connected": None,
+        "last_etl_run": newest
+        and {
+            "timestamp": newest.finished_at or newest.started_at,
+            "status": newest.status,
+            "records_processed": newest.rows_read,
+        },
+        "sources": {
+            name: {"status": run.status, "finished_at": run.finished_at, "error": run.error}
+            for name, run in last_runs.items()
+        },
+    }

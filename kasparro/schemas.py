@@ -1,0 +1,189 @@
+"""Marshmallow schemas for every request's arguments and every response body."""
+
+from datetime import UTC
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from kasparro.etl.sources import SOURCE_NAMES
+from kasparro.etl.sources.coingecko import METRIC_FIELDS
+from kasparro.models import RUN_STATUSES, RUN_TRIGGERS
+
+METRICS = tuple(metric for metric, _ in METRIC_FIELDS)
+MAX_PAGE_SIZE = 100
+MAX_PAGE = 1_000_000
+
+
+class AwareDateTime(fields.DateTime):
+    """An ISO 8601 datetime; one without a zone is taken as UTC."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class DataQuerySchema(Schema):
+    """Query arguments of ``GET /data``."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
+    page_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+    cursor = fields.String(
+        validate=validate.Length(max=200),
+        metadata={"description": "next_cursor of a previous page; stable deep paging"},
+    )
+    source = fields.String(validate=validate.OneOf(SOURCE_NAMES))
+    asset = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "canonical id, e.g. bitcoin"},
+    )
+    symbol = fields.String(validate=validate.Length(min=1, max=50))
+    metric = fields.String(validate=validate.OneOf(METRICS))
+    since = AwareDateTime(metadata={"description": "observations at or after this time"})
+    until = AwareDateTime(metadata={"description": "observations at or before this time"})
+
+    @validates_schema
+    def check_range(self, data, **kwargs):
+        """Reject a time range that ends before it starts."""
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            raise ValidationError("since must not be after until", "since")
+
+    @post_load
+    def normalise(self, data, **kwargs):
+        """Compare symbols in upper case and asset ids in lower case, as they are stored."""
+        if "symbol" in data:
+            data["symbol"] = data["symbol"].strip().upper()
+        if "asset" in data:
+            data["asset"] = data["asset"].strip().lower()
+        return data
+
+
+class UnifiedRecordSchema(Schema):
+    """One observation: the original fields plus the unified ones."""
+
+    id = fields.Integer(required=True)
+    source = fields.String(required=True)
+    external_id = fields.String(required=True)
+    name = fields.String(allow_none=True)
+    value = fields.Decimal(as_string=True, required=True, metadata={"description": "exact decimal"})
+    timestamp = fields.DateTime(required=True)
+    asset_id = fields.String(allow_none=True)
+    symbol = fields.String(allow_none=True)
+    metric = fields.String(required=True)
+    currency = fields.String(required=True)
+    ingested_at = fields.DateTime(required=True)
+    run_id = fields.Integer(required=True)
+
+
+class PaginationSchema(Schema):
+    """Where this page sits in the result."""
+
+    page = fields.Integer(allow_none=True, required=True)
+    page_size = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+    total_pages = fields.Integer(required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class MetaSchema(Schema):
+    """Request bookkeeping."""
+
+    request_id = fields.String(required=True)
+    api_latency_ms = fields.Float(required=True)
+
+
+class DataPageSchema(Schema):
+    """A page of ``GET /data``."""
+
+    data = fields.List(fields.Nested(UnifiedRecordSchema), required=True)
+    pagination = fields.Nested(PaginationSchema, required=True)
+    meta = fields.Nested(MetaSchema, required=True)
+
+
+class RunSchema(Schema):
+    """One run of one source."""
+
+    id = fields.Integer(required=True)
+    source = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(RUN_STATUSES))
+    trigger = fields.String(required=True, validate=validate.OneOf(RUN_TRIGGERS))
+    task_id = fields.String(allow_none=True)
+    started_at = fields.DateTime(required=True)
+    finished_at = fields.DateTime(allow_none=True)
+    duration_ms = fields.Integer(allow_none=True)
+    rows_read = fields.Integer(required=True)
+    inserted = fields.Integer(required=True)
+    updated = fields.Integer(required=True)
+    unchanged = fields.Integer(required=True)
+    rejected = fields.Integer(required=True)
+    unresolved = fields.Integer(required=True)
+    checkpoint_before = fields.Dict(allow_none=True)
+    checkpoint_after = fields.Dict(allow_none=True)
+    error = fields.String(allow_none=True)
+    details = fields.Dict(allow_none=True)
+
+
+class RunListSchema(Schema):
+    """The run log, newest first."""
+
+    runs = fields.List(fields.Nested(RunSchema), required=True)
+
+
+class RunsQuerySchema(Schema):
+    """Query arguments of ``GET /runs``."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    source = fields.String(validate=validate.OneOf(SOURCE_NAMES))
+    status = fields.String(validate=validate.OneOf(RUN_STATUSES))
+
+
+class LastRunSchema(Schema):
+    """The newest run of any source."""
+
+    timestamp = fields.DateTime(allow_none=True, required=True)
+    status = fields.String(allow_none=True, required=True)
+    records_processed = fields.Integer(required=True)
+
+
+class SourceHealthSchema(Schema):
+    """A source's newest run."""
+
+    status = fields.String(allow_none=True, required=True)
+    finished_at = fields.DateTime(allow_none=True, required=True)
+    error = fields.String(allow_none=True, required=True)
+
+
+class HealthSchema(Schema):
+    """Liveness of the service and its dependencies."""
+
+    status = fields.String(
+        required=True, validate=validate.OneOf(("healthy", "degraded", "unhealthy"))
+    )
+    database_connected = fields.Boolean(required=True)
+    broker_connected = fields.Boolean(allow_none=True, required=True)
+    last_etl_run = fields.Nested(LastRunSchema, allow_none=True, required=True)
+    sources = fields.Dict(
+        keys=fields.String(), values=fields.Nested(SourceHealthSchema), required=True
+    )
+
+
+class SourceStatsSchema(Schema):
+    """Totals and run history of one source."""
+
+    total_records = fields.Integer(required=True)
+    unresolved_records = fields.Integer(required=True)
+    rejected_records = fields.Integer(required=True)
+    records_processed = fields.Integer(required=True)
+    last_run = fields.Nested(RunSchema, allow_none=True, required=True)
+    last_status = fields.String(allow_none=True, required=True)
+    last_duration_ms = fields.Integer(allow_none=True, required=True)
+    last_success_at = fields.DateTime(allow_none=True, required=True)
+    last_failure_at = fields.DateTime(allow_none=True, required=True)
+    run_counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+class StatsSchema(Schema):
+    """Statistics for every source."""
+
+    total_records = fields.Integer(required=True)
+    sources = fields.Dict(
+        keys=fields.String(), values=fields.Nested(SourceStatsSchema), required=True
+    )

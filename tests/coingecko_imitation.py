@@ -1,0 +1,169 @@
+"""A real HTTP server on loopback that imitates CoinGecko's ``/coins/markets``.
+
+It serves coins page by page, records every request it receives (headers included) and can be
+told to move prices between runs. Run it alone with ``python -m tests.coingecko_imitation``.
+"""
+
+import argparse
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+MARKETS_PATH = "/api/v3/coins/markets"
+BASE_TIME = datetime(2025, 12, 27, 10, 46, 21, 358000, tzinfo=UTC)
+KNOWN_COINS = [
+    ("bitcoin", "btc", "Bitcoin", 87387, 1744910741787, 31377869299),
+    ("ethereum", "eth", "Ethereum", 2922.48, 352547418866, 13751868665),
+    ("tether", "usdt", "Tether", 0.999512, 186786011203, 50257709985),
+    ("ripple", "xrp", "XRP", 1.86, 112617423021, 2048390044),
+    ("solana", "sol", "Solana", 121.74, 68214512308, 3170212488),
+]
+
+
+def iso(moment: datetime) -> str:
+    """Format a time the way CoinGecko does: milliseconds and a Z."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_coin(coin_id, symbol, name, price, market_cap, volume, rank, updated=BASE_TIME) -> dict:
+    """Return one coin object shaped like a real ``/coins/markets`` entry."""
+    return {
+        "id": coin_id,
+        "symbol": symbol,
+        "name": name,
+        "image": f"https://example.invalid/{coin_id}.png",
+        "current_price": price,
+        "market_cap": market_cap,
+        "market_cap_rank": rank,
+        "fully_diluted_valuation": market_cap,
+        "total_volume": volume,
+        "high_24h": price,
+        "low_24h": price,
+        "price_change_24h": 0.0,
+        "circulating_supply": 1000000.0,
+        "max_supply": None,
+        "roi": None,
+        "last_updated": iso(updated),
+    }
+
+
+def make_coins(count: int) -> list[dict]:
+    """Return ``count`` coins: the well-known ones first, then numbered test coins."""
+    coins = [
+        make_coin(*known, rank=rank) for rank, known in enumerate(KNOWN_COINS[:count], start=1)
+    ]
+    for rank in range(len(coins) + 1, count + 1):
+        updated = BASE_TIME - timedelta(seconds=rank)
+        coins.append(
+            make_coin(
+                f"test-coin-{rank}", f"tc{rank}", f"Test Coin {rank}", rank / 100, rank * 10**6,
+                rank * 10**4, rank, updated,
+            )
+        )
+    return coins
+
+
+@dataclass
+class RecordedRequest:
+    """What the imitation received."""
+
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+
+
+class CoinGeckoImitation:
+    """Serve a list of coins as CoinGecko would, on 127.0.0.1 and a free port."""
+
+    def __init__(self, coins: list[dict] | None = None, port: int = 0):
+        self.coins = coins if coins is not None else make_coins(len(KNOWN_COINS))
+        self.requests: list[RecordedRequest] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Return the markets URL to use as ``API_SOURCE_URL``."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}{MARKETS_PATH}"
+
+    def __enter__(self) -> "CoinGeckoImitation":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def move_price(self, coin_id: str, price: float, seconds_later: int = 60) -> dict:
+        """Change a coin's price and move its ``last_updated`` forward, as a new tick would."""
+        with self.lock:
+            coin = next(c for c in self.coins if c["id"] == coin_id)
+            updated = datetime.fromisoformat(coin["last_updated"].replace("Z", "+00:00"))
+            coin["current_price"] = price
+            coin["last_updated"] = iso(updated + timedelta(seconds=seconds_later))
+            return coin
+
+    def page_requests(self) -> list[RecordedRequest]:
+        """Return the requests made to the markets path."""
+        return [r for r in self.requests if r.path == MARKETS_PATH]
+
+    def respond(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """Return status, headers and body for one markets request."""
+        per_page = int(query.get("per_page", 100))
+        page = int(query.get("page", 1))
+        with self.lock:
+            chunk = self.coins[(page - 1) * per_page : page * per_page]
+            body = json.dumps(chunk).encode()
+        return 200, {"Content-Type": "application/json"}, body
+
+    def _handler(self):
+        imitation = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                parts = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+                with imitation.lock:
+                    imitation.requests.append(
+                        RecordedRequest(parts.path, query, {k.lower(): v for k, v in self.headers.items()})
+                    )
+                if parts.path != MARKETS_PATH:
+                    status, headers, body = 404, {"Content-Type": "application/json"}, b'{"error":"not found"}'
+                else:
+                    status, headers, body = imitation.respond(query)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args):  # keep test output quiet
+                pass
+
+        return Handler
+
+
+def main() -> None:
+    """Serve the imitation until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--coins", type=int, default=300)
+    args = parser.parse_args()
+    with CoinGeckoImitation(make_coins(args.coins), port=args.port) as imitation:
+        print(f"serving {len(imitation.coins)} coins at {imitation.url}", flush=True)
+        try:
+            imitation.thread.join()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

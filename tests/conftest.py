@@ -1,0 +1,154 @@
+"""Fixtures: both database engines, the CoinGecko imitation, an app, a client and a runner.
+
+PostgreSQL tests use a database of their own, created for this test session and dropped at its
+end; SQLite tests use a fresh file copied from a migrated template.
+"""
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from flask_migrate import upgrade
+
+from kasparro import create_app
+from kasparro.etl.pipeline import run_source
+from kasparro.extensions import db
+from tests.coingecko_imitation import CoinGeckoImitation
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_API_KEY = "cg-test-key-9f8e7d6c5b4a"
+TABLES = (
+    "unified_records",
+    "rejected_records",
+    "checkpoints",
+    "raw_api_records",
+    "raw_csv_records",
+    "raw_csv2_records",
+    "assets",
+    "etl_runs",
+)
+
+
+def migrate(url: str) -> None:
+    """Apply every migration to the database at ``url``."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "LOG_LEVEL": "WARNING"})
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """Create this session's own PostgreSQL database, migrated; drop it at the end."""
+    name = f"kasparro_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    url = url.render_as_string(hide_password=False)
+    migrate(url)
+    yield url
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """Return a migrated SQLite file to copy for each test."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Yield an empty, migrated database on each engine in turn."""
+    if request.param == "sqlite":
+        path = tmp_path / "etl.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def coingecko():
+    """Start the CoinGecko imitation on a free loopback port."""
+    with CoinGeckoImitation() as imitation:
+        yield imitation
+
+
+@pytest.fixture
+def csv_paths(tmp_path):
+    """Copy the bundled CSV feeds where a test may append to or replace them."""
+    paths = {}
+    for setting, name in (("CSV1_PATH", "source1.csv"), ("CSV2_PATH", "source2.csv")):
+        paths[setting] = tmp_path / name
+        shutil.copy(DATA_DIR / name, paths[setting])
+    return paths
+
+
+@pytest.fixture
+def settings(database_url, coingecko, csv_paths):
+    """Return the configuration a test app runs with; tests may change it before ``app``."""
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "API_SOURCE_URL": coingecko.url,
+        "API_KEY": TEST_API_KEY,
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        **{key: str(path) for key, path in csv_paths.items()},
+    }
+
+
+@pytest.fixture
+def app(settings):
+    """Yield the app inside an application context, and release its connections after."""
+    application = create_app(dict(settings))
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    """Return a test client for the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """Return a CLI runner for the app."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def run_etl(app):
+    """Return a function that runs sources in-process and returns their finished runs."""
+
+    def run(*sources: str, trigger: str = "cli"):
+        return {name: run_source(db.session, name, app.config, trigger=trigger) for name in sources}
+
+    return run
+
+
+@pytest.fixture
+def table_counts(app):
+    """Return a function that counts the rows of every table."""
+
+    def counts() -> dict[str, int]:
+        return {
+            table: db.session.scalar(sa.text(f"SELECT COUNT(*) FROM {table}")) for table in TABLES
+        }
+
+    return counts

@@ -1,0 +1,5 @@
+"""Entry point for gunicorn and the flask CLI: ``app`` is the application."""
+
+from kasparro import create_app
+
+app = create_app()
