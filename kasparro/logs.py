@@ -41,6 +41,18 @@ class SecretRedactor:
         return event
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Write to whatever ``sys.stderr`` is when a record is emitted, so redirection is honoured."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     """Send structlog and standard-library logs through one redacting renderer to stderr."""
     redactor = SecretRedactor(secrets)
@@ -63,7 +75,7 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

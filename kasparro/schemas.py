@@ -21,6 +21,13 @@ class AwareDateTime(fields.DateTime):
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+class PlainDecimal(fields.Decimal):
+    """An exact decimal written as a string in plain notation (``0.000000012``, not ``1.2E-8``)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else format(value, "f")
+
+
 class DataQuerySchema(Schema):
     """Query arguments of ``GET /data``."""
 
@@ -63,7 +70,7 @@ class UnifiedRecordSchema(Schema):
     source = fields.String(required=True)
     external_id = fields.String(required=True)
     name = fields.String(allow_none=True)
-    value = fields.Decimal(as_string=True, required=True, metadata={"description": "exact decimal"})
+    value = PlainDecimal(as_string=True, required=True, metadata={"description": "exact decimal"})
     timestamp = fields.DateTime(required=True)
     asset_id = fields.String(allow_none=True)
     symbol = fields.String(allow_none=True)

@@ -42,11 +42,33 @@ def migrate(url: str) -> None:
         db.engine.dispose()
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_stale_databases(conn) -> None:
+    """Drop databases left by test sessions that were killed before their teardown."""
+    names = conn.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'kasparro\\_test\\_%'"
+    ).fetchall()
+    for (name,) in names:
+        pid = name.split("_")[2]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """Create this session's own PostgreSQL database, migrated; drop it at the end."""
     name = f"kasparro_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        _drop_stale_databases(conn)
         conn.execute(f'CREATE DATABASE "{name}"')
     url = sa.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
     url = url.render_as_string(hide_password=False)

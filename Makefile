@@ -1,0 +1,49 @@
+# Kasparro: `make run` serves the API on 127.0.0.1:8000 with SQLite; `make test` runs every test.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+FLASK := $(BIN)/flask --app wsgi
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint format services clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+## run: migrate the database, run one ETL pass, serve the API (embedded default: SQLite)
+run: $(VENV)/.runtime
+	$(FLASK) db upgrade
+	-$(FLASK) etl run
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 --access-logfile - wsgi:app
+
+## test: lint, then the whole suite against SQLite and PostgreSQL (starts services if needed)
+test: $(VENV)/.dev services lint
+	$(BIN)/python -m pytest
+
+## lint: check formatting and lint rules
+lint: $(VENV)/.dev
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+## format: apply formatting and safe lint fixes
+format: $(VENV)/.dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## services: make sure PostgreSQL and Redis answer on 127.0.0.1, starting them if they do not
+services:
+	scripts/ensure-services.sh
+
+## clean: remove the virtualenv, caches and the local SQLite database
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache etl.db

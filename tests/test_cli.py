@@ -1,0 +1,76 @@
+"""``flask etl run`` and ``flask etl status``, in-process and as the real command."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
+
+
+def test_run_prints_a_summary_per_source(runner):
+    result = runner.invoke(args=["etl", "run", "--source", "csv1", "--source", "csv2"])
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("csv1           run 1     SUCCESS  read=14 inserted=14")
+    assert lines[1].startswith("csv2           run 2     PARTIAL  read=16 inserted=12")
+    assert "rejected=4" in lines[1]
+
+
+def test_run_exits_non_zero_when_a_source_fails(app, runner):
+    app.config["API_SOURCE_URL"] = "http://127.0.0.1:9/api/v3/coins/markets"
+
+    result = runner.invoke(args=["etl", "run"])
+
+    assert result.exit_code == 1
+    assert "coingecko_api  run 1     FAILED" in result.stdout
+    assert "error: SourceError: cannot reach 127.0.0.1:9 page 1" in result.stdout
+    assert "csv1           run 2     SUCCESS" in result.stdout
+    assert "Error: failed: coingecko_api" in result.stderr
+
+
+def test_run_rejects_an_unknown_source(runner):
+    result = runner.invoke(args=["etl", "run", "--source", "nope"])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--source'" in result.output
+
+
+def test_status_shows_last_run_and_checkpoint(runner):
+    runner.invoke(args=["etl", "run", "--source", "csv1"])
+
+    result = runner.invoke(args=["etl", "status"])
+
+    assert result.exit_code == 0
+    assert "coingecko_api  never run" in result.stdout
+    assert "csv1           run 1 SUCCESS" in result.stdout
+    assert '"offset": 646' in result.stdout
+
+
+def test_the_real_commands_migrate_and_load_an_embedded_sqlite_database(tmp_path, coingecko):
+    database = tmp_path / "etl.db"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "API_SOURCE_URL": coingecko.url,
+        "LOG_LEVEL": "WARNING",
+    }
+
+    def flask(*args):
+        return subprocess.run(
+            [*FLASK, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert flask("db", "upgrade").returncode == 0
+    result = flask("etl", "run")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "coingecko_api  run 1     SUCCESS  read=5 inserted=15" in result.stdout
+    engine = sa.create_engine(f"sqlite:///{database}")
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT COUNT(*) FROM unified_records")) == 15 + 14 + 12
+    engine.dispose()

@@ -1,0 +1,105 @@
+"""Numbers and dates as feeds write them: parsed exactly, or rejected with a reason."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from kasparro.etl.parsing import InvalidValue, parse_amount, parse_timestamp
+from kasparro.etl.sources.csv_markets import split_full_name
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("87387.12", "87387.12"),
+        ("1,234.5", "1234.5"),
+        ("$1.7T", "1700000000000"),
+        ("4800 USD", "4800"),
+        ("68.2B USD", "68200000000"),
+        ("19.1b", "19100000000"),
+        ("US$ 12", "12"),
+        (" 0.000000012345 ", "0.000000012345"),
+        ("1e3", "1000"),
+        (87387, "87387"),
+        (0.999512, "0.999512"),
+        (2922.48, "2922.48"),
+        ("0", "0"),
+    ],
+)
+def test_amounts_parse_exactly(raw, expected):
+    assert parse_amount(raw) == Decimal(expected)
+    assert format(parse_amount(raw), "f") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "missing value"),
+        ("", "missing value"),
+        ("N/A", "not a number: 'N/A'"),
+        ("12x.5", "not a number: '12x.5'"),
+        ("1,23,4", "not a number: '1,23,4'"),
+        ("-5", "negative amount: '-5'"),
+        ("NaN", "not a number: 'NaN'"),
+        (float("inf"), "not a finite number: inf"),
+        (True, "not a number: True"),
+        ([1], "not a number: list"),
+        ("1e40", "amount out of range: '1e40'"),
+    ],
+)
+def test_bad_amounts_are_rejected_with_a_reason(raw, reason):
+    with pytest.raises(InvalidValue) as error:
+        parse_amount(raw)
+    assert str(error.value) == reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2025-12-27T10:46:21.358Z", datetime(2025, 12, 27, 10, 46, 21, 358000, tzinfo=UTC)),
+        ("2025-12-27T11:46:21+01:00", datetime(2025, 12, 27, 10, 46, 21, tzinfo=UTC)),
+        ("2025-12-27 10:46", datetime(2025, 12, 27, 10, 46, tzinfo=UTC)),
+        ("2025-12-27", datetime(2025, 12, 27, tzinfo=UTC)),
+        ("12/27/2025", datetime(2025, 12, 27, tzinfo=UTC)),
+        ("27/12/2025 09:30", datetime(2025, 12, 27, 9, 30, tzinfo=UTC)),
+        ("04/04/2025", datetime(2025, 4, 4, tzinfo=UTC)),
+        ("Dec 27, 2025", datetime(2025, 12, 27, tzinfo=UTC)),
+        ("27 Dec 2025", datetime(2025, 12, 27, tzinfo=UTC)),
+        ("1766832381", datetime(2025, 12, 27, 10, 46, 21, tzinfo=UTC)),
+        ("1766832381000", datetime(2025, 12, 27, 10, 46, 21, tzinfo=UTC)),
+    ],
+)
+def test_timestamps_parse_to_utc(raw, expected):
+    assert parse_timestamp(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "missing timestamp"),
+        ("  ", "missing timestamp"),
+        ("03/04/2025", "ambiguous date, day and month could be swapped: '03/04/2025'"),
+        ("13/13/2025", "not a calendar date: '13/13/2025'"),
+        ("yesterday", "unrecognised timestamp: 'yesterday'"),
+        ("1999-01-01", "timestamp out of range: '1999-01-01'"),
+        ({"a": 1}, "not a timestamp: dict"),
+    ],
+)
+def test_bad_timestamps_are_rejected_with_a_reason(raw, reason):
+    with pytest.raises(InvalidValue) as error:
+        parse_timestamp(raw)
+    assert str(error.value) == reason
+
+
+@pytest.mark.parametrize(
+    ("full_name", "expected"),
+    [
+        ("Bitcoin (BTC)", ("Bitcoin", "BTC")),
+        ("Wrapped Bitcoin (wbtc)", ("Wrapped Bitcoin", "WBTC")),
+        ("Sui", ("Sui", None)),
+        ("", (None, None)),
+    ],
+)
+def test_full_names_split_into_name_and_symbol(full_name, expected):
+    assert split_full_name(full_name) == expected
