@@ -38,6 +38,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     register_request_hooks(app)
     register_commands(app)
+    register_celery(app)
     return app
 
 
@@ -57,9 +58,9 @@ def register_extensions(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per resource."""
     from kasparro.extensions import api
-    from kasparro.routes import data, health, runs, stats
+    from kasparro.routes import data, etl, health, runs, stats
 
-    for module in (data, health, stats, runs):
+    for module in (data, health, stats, runs, etl):
         api.register_blueprint(module.blp)
 
 
@@ -75,3 +76,10 @@ def register_commands(app: Flask) -> None:
     from kasparro.cli import etl_cli
 
     app.cli.add_command(etl_cli)
+
+
+def register_celery(app: Flask) -> None:
+    """Bind a Celery app to this Flask app (eager, in-process, when no broker is set)."""
+    from kasparro.celery_app import celery_init_app
+
+    celery_init_app(app)

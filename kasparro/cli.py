@@ -6,7 +6,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from kasparro.etl.pipeline import run_source
+from kasparro.etl.pipeline import SourceBusy, run_source
 from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
 from kasparro.models import Checkpoint
@@ -34,7 +34,11 @@ def run_command(sources):
     """Run the ETL for each source and print a summary; exit 1 if any source failed."""
     failed = []
     for name in sources or SOURCE_NAMES:
-        run = run_source(db.session, name, current_app.config, trigger="cli")
+        try:
+            run = run_source(db.session, name, current_app.config, trigger="cli")
+        except SourceBusy as busy:
+            click.echo(f"{name:<14} run {busy.skipped_run_id:<5} SKIPPED  {busy}")
+            continue
         click.echo(
             f"{name:<14} run {run.id:<5} {run.status:<8} {_counts(run)} ({run.duration_ms} ms)"
         )

@@ -50,15 +50,17 @@ def load_settings() -> dict:
         ),
         "ETL_BATCH_SIZE": _int("ETL_BATCH_SIZE", 1000),
         "ETL_INJECT_FAILURE": _str("ETL_INJECT_FAILURE"),
+        "ETL_STALE_AFTER_SECONDS": _int("ETL_STALE_AFTER_SECONDS", 900),
         "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json").lower(),
         "CORS_ORIGINS": _str("CORS_ORIGINS"),
+        "ETL_ADMIN_TOKEN": os.environ.get("ETL_ADMIN_TOKEN", "").strip(),
     }
 
 
 def secret_values(config) -> list[str]:
     """Return the configured secret values, so logs can be scrubbed of them."""
-    secrets = [config.get("API_KEY", "")]
+    secrets = [config.get("API_KEY", ""), config.get("ETL_ADMIN_TOKEN", "")]
     try:
         secrets.append(make_url(config["SQLALCHEMY_DATABASE_URI"]).password or "")
     except Exception:  # an unparsable URL fails later with its own clear error

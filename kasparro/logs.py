@@ -88,3 +88,4 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # start-up chatter

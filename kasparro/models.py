@@ -21,6 +21,14 @@ class EtlRun(db.Model):
     __table_args__ = (
         sa.Index("ix_etl_runs_source_id", "source", "id"),
         sa.Index("ix_etl_runs_status_id", "status", "id"),
+        # At most one RUNNING run per source: the database refuses a second one atomically.
+        sa.Index(
+            "uq_etl_runs_one_running_per_source",
+            "source",
+            unique=True,
+            postgresql_where=sa.text("status = 'RUNNING'"),
+            sqlite_where=sa.text("status = 'RUNNING'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -29,6 +37,7 @@ class EtlRun(db.Model):
     trigger: Mapped[str] = mapped_column(sa.String(16))
     task_id: Mapped[str | None] = mapped_column(sa.String(64))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     duration_ms: Mapped[int | None] = mapped_column(sa.Integer)
     rows_read: Mapped[int] = mapped_column(sa.Integer, default=0)

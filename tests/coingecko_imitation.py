@@ -6,11 +6,12 @@ told to move prices between runs. Run it alone with ``python -m tests.coingecko_
 
 import argparse
 import json
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 MARKETS_PATH = "/api/v3/coins/markets"
@@ -60,11 +61,25 @@ def make_coins(count: int) -> list[dict]:
         updated = BASE_TIME - timedelta(seconds=rank)
         coins.append(
             make_coin(
-                f"test-coin-{rank}", f"tc{rank}", f"Test Coin {rank}", rank / 100, rank * 10**6,
-                rank * 10**4, rank, updated,
+                f"test-coin-{rank}",
+                f"tc{rank}",
+                f"Test Coin {rank}",
+                rank / 100,
+                rank * 10**6,
+                rank * 10**4,
+                rank,
+                updated,
             )
         )
     return coins
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when a client hangs up."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -82,8 +97,9 @@ class CoinGeckoImitation:
     def __init__(self, coins: list[dict] | None = None, port: int = 0):
         self.coins = coins if coins is not None else make_coins(len(KNOWN_COINS))
         self.requests: list[RecordedRequest] = []
+        self.delay_seconds = 0.0
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.server = QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -115,7 +131,8 @@ class CoinGeckoImitation:
         return [r for r in self.requests if r.path == MARKETS_PATH]
 
     def respond(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        """Return status, headers and body for one markets request."""
+        """Return status, headers and body for one markets request, after any set delay."""
+        time.sleep(self.delay_seconds)
         per_page = int(query.get("per_page", 100))
         page = int(query.get("page", 1))
         with self.lock:
@@ -132,10 +149,16 @@ class CoinGeckoImitation:
                 query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 with imitation.lock:
                     imitation.requests.append(
-                        RecordedRequest(parts.path, query, {k.lower(): v for k, v in self.headers.items()})
+                        RecordedRequest(
+                            parts.path, query, {k.lower(): v for k, v in self.headers.items()}
+                        )
                     )
                 if parts.path != MARKETS_PATH:
-                    status, headers, body = 404, {"Content-Type": "application/json"}, b'{"error":"not found"}'
+                    status, headers, body = (
+                        404,
+                        {"Content-Type": "application/json"},
+                        b'{"error":"not found"}',
+                    )
                 else:
                     status, headers, body = imitation.respond(query)
                 self.send_response(status)

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
 from kasparro import create_app
 from kasparro.etl.pipeline import run_source
 from kasparro.extensions import db
+from tests.celery_worker import WorkerProcess
 from tests.coingecko_imitation import CoinGeckoImitation
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -86,20 +88,23 @@ def sqlite_template(tmp_path_factory):
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """Yield an empty, migrated database on each engine in turn."""
-    if request.param == "sqlite":
-        path = tmp_path / "etl.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        yield f"sqlite:///{path}"
-        return
-    url = request.getfixturevalue("postgres_url")
+def emptied(url: str) -> str:
+    """Empty every table of the PostgreSQL database at ``url`` and return the URL."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    yield url
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Return an empty, migrated database on each engine in turn."""
+    if request.param == "postgresql":
+        return emptied(request.getfixturevalue("postgres_url"))
+    path = tmp_path / "etl.db"
+    shutil.copy(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
@@ -174,3 +179,78 @@ def table_counts(app):
         }
 
     return counts
+
+
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+ADMIN_TOKEN = "admin-token-test-7c1d2e3f"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """Return a Redis database set aside for tests, flushed before and after the session."""
+    url = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def broker_env(redis_url, coingecko, csv_paths, postgres_url):
+    """Return the environment a real worker and the test app share: PostgreSQL, Redis, a queue."""
+    return {
+        **os.environ,
+        "DATABASE_URL": emptied(postgres_url),
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "CELERY_QUEUE": f"kasparro-test-{uuid.uuid4().hex[:8]}",
+        "CELERY_VISIBILITY_TIMEOUT": "8",
+        "CELERY_UNACKED_RESTORE_SECONDS": "1",
+        "API_SOURCE_URL": coingecko.url,
+        "API_KEY": TEST_API_KEY,
+        "ETL_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LOG_LEVEL": "INFO",
+        **{key: str(path) for key, path in csv_paths.items()},
+    }
+
+
+@pytest.fixture
+def broker_app(broker_env):
+    """Yield an app on PostgreSQL that queues its tasks on Redis instead of running them."""
+    env = broker_env
+    application = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"],
+            "API_SOURCE_URL": env["API_SOURCE_URL"],
+            "API_KEY": env["API_KEY"],
+            "ETL_ADMIN_TOKEN": env["ETL_ADMIN_TOKEN"],
+            "CSV1_PATH": env["CSV1_PATH"],
+            "CSV2_PATH": env["CSV2_PATH"],
+            "CELERY": {
+                "broker_url": env["CELERY_BROKER_URL"],
+                "result_backend": env["CELERY_RESULT_BACKEND"],
+                "task_default_queue": env["CELERY_QUEUE"],
+                "task_always_eager": False,
+            },
+        }
+    )
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def start_worker(broker_env, tmp_path):
+    """Return a function that starts a real worker; every worker is stopped after the test."""
+    workers = []
+
+    def start(**extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess({**broker_env, **extra_env}, tmp_path / "worker.log").start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -121,7 +121,10 @@ def test_bad_rows_do_not_block_good_rows_now_or_later(run_etl, csv_paths):
     second = run_etl("csv1")["csv1"]
 
     assert (second.status, second.rows_read, second.inserted, second.rejected) == (
-        "SUCCESS", 1, 1, 0,
+        "SUCCESS",
+        1,
+        1,
+        0,
     )
     assert [key[0] for key in unified_keys("csv1")] == ["bitcoin", "dogecoin", "tether"]
     assert db.session.scalar(sa.select(sa.func.count()).select_from(RejectedRecord)) == 3

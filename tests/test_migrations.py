@@ -15,11 +15,11 @@ def describe_schema(engine) -> dict:
         if table == "alembic_version":
             continue
         schema[table] = {
-            "columns": sorted(
-                (c["name"], c["nullable"]) for c in inspector.get_columns(table)
-            ),
+            "columns": sorted((c["name"], c["nullable"]) for c in inspector.get_columns(table)),
             "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
-            "unique": sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)),
+            "unique": sorted(
+                tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)
+            ),
             "indexes": sorted(
                 (i["name"], tuple(i["column_names"]), bool(i["unique"]))
                 for i in inspector.get_indexes(table)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
@@ -35,22 +35,92 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def start_run(session: Session, source: str, trigger: str, task_id: str | None = None) -> int:
-    """Record a RUNNING run of ``source`` and return its id."""
+class SourceBusy(RuntimeError):
+    """The source already has a RUNNING run; this attempt was recorded as SKIPPED."""
+
+    def __init__(self, source: str, running_run_id: int, skipped_run_id: int):
+        super().__init__(f"{source} is already running as run {running_run_id}")
+        self.source = source
+        self.running_run_id = running_run_id
+        self.skipped_run_id = skipped_run_id
+
+
+def start_run(
+    session: Session,
+    source: str,
+    trigger: str,
+    settings: dict[str, Any],
+    task_id: str | None = None,
+) -> int:
+    """Record a RUNNING run of ``source`` and return its id; raise SourceBusy if one is running.
+
+    A unique index allows one RUNNING run per source, so two simultaneous starts cannot both
+    win. A RUNNING run whose heartbeat is older than ``ETL_STALE_AFTER_SECONDS`` belongs to a
+    process that died; it is closed as FAILED so that its lock does not outlive it.
+    """
     get_source(source, {})  # an unknown source fails here, before a run is recorded
+    _close_abandoned_run(session, source, settings["ETL_STALE_AFTER_SECONDS"])
     checkpoint = session.get(Checkpoint, source)
+    now = utcnow()
     run = EtlRun(
         source=source,
         status="RUNNING",
         trigger=trigger,
         task_id=task_id,
-        started_at=utcnow(),
+        started_at=now,
+        heartbeat_at=now,
         checkpoint_before=checkpoint.cursor if checkpoint else None,
     )
     session.add(run)
-    session.commit()
-    log.info("etl.run.started", run_id=run.id, source=source, trigger=trigger)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise _record_skipped(session, source, trigger, task_id) from None
+    log.info("etl.run.started", run_id=run.id, source=source, trigger=trigger, task_id=task_id)
     return run.id
+
+
+def _running_run(session: Session, source: str) -> EtlRun | None:
+    return session.scalar(
+        sa.select(EtlRun).where(EtlRun.source == source, EtlRun.status == "RUNNING")
+    )
+
+
+def _close_abandoned_run(session: Session, source: str, stale_after_seconds: int) -> None:
+    running = _running_run(session, source)
+    if running is None:
+        return
+    last_sign = running.heartbeat_at or running.started_at
+    if (utcnow() - last_sign).total_seconds() > stale_after_seconds:
+        log.warning("etl.run.abandoned", run_id=running.id, source=source)
+        _finish(
+            session,
+            running,
+            "FAILED",
+            running.checkpoint_before,
+            f"abandoned: no progress since {last_sign.isoformat()}",
+        )
+
+
+def _record_skipped(session: Session, source: str, trigger: str, task_id: str | None):
+    running = _running_run(session, source)
+    running_id = running.id if running else 0  # 0: it finished between our insert and now
+    now = utcnow()
+    skipped = EtlRun(
+        source=source,
+        status="SKIPPED",
+        trigger=trigger,
+        task_id=task_id,
+        started_at=now,
+        finished_at=now,
+        duration_ms=0,
+        error=f"{source} is already running as run {running_id}",
+    )
+    session.add(skipped)
+    session.commit()
+    log.info("etl.run.skipped", run_id=skipped.id, source=source, running_run_id=running_id)
+    return SourceBusy(source, running_id, skipped.id)
 
 
 def extract(session: Session, run_id: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +142,7 @@ def extract(session: Session, run_id: int, settings: dict[str, Any]) -> dict[str
                 .where(model.record_key.in_(stored_keys), model.id <= transformed_up_to)
             )
         run.rows_read += len(batch)
+        run.heartbeat_at = utcnow()
         session.commit()
     log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
     return {"run_id": run_id, "context": source.context()}
@@ -113,7 +184,7 @@ def transform_and_upsert(
         checkpoint.last_raw_id = raws[-1].id
         checkpoint.last_external_id = source.external_id(raws[-1])
         checkpoint.run_id = run_id
-        checkpoint.updated_at = utcnow()
+        checkpoint.updated_at = run.heartbeat_at = utcnow()
         session.add(checkpoint)
         if failure:
             failure.check(run.source, "on_commit")
@@ -224,8 +295,11 @@ def run_source(
     trigger: str = "cli",
     task_id: str | None = None,
 ) -> EtlRun:
-    """Run one source end to end in this process and return its finished run."""
-    run_id = start_run(session, source, trigger, task_id)
+    """Run one source end to end in this process and return its finished run.
+
+    Raises SourceBusy, after recording a SKIPPED run, when the source is already running.
+    """
+    run_id = start_run(session, source, trigger, settings, task_id)
     try:
         extracted = extract(session, run_id, settings)
         transform_and_upsert(session, run_id, extracted["context"], settings)

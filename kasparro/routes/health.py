@@ -2,9 +2,11 @@
 
 import sqlalchemy as sa
 import structlog
+from flask import current_app
 from flask_smorest import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
+from kasparro.celery_app import broker_reachable
 from kasparro.extensions import db
 from kasparro.queries import source_health
 from kasparro.schemas import HealthSchema
@@ -17,7 +19,8 @@ log = structlog.get_logger(__name__)
 @blp.response(200, HealthSchema)
 @blp.alt_response(503, schema=HealthSchema, description="The database is unreachable")
 def get_health():
-    """Report whether the database answers and how each source's last run went."""
+    """Report whether the database and the broker answer and how each source's last run went."""
+    broker_connected = broker_reachable(current_app.extensions["celery"])
     try:
         db.session.execute(sa.text("SELECT 1"))
         newest, last_runs = source_health(db.session)
@@ -27,15 +30,15 @@ def get_health():
         return {
             "status": "unhealthy",
             "database_connected": False,
-            "broker_connected": None,
+            "broker_connected": broker_connected,
             "last_etl_run": None,
             "sources": {},
         }, 503
     failing = any(run.status == "FAILED" for run in last_runs.values())
     return {
-        "status": "degraded" if failing else "healthy",
+        "status": "degraded" if failing or broker_connected is False else "healthy",
         "database_connected": True,
-        "broker_connected": None,
+        "broker_connected": broker_connected,
         "last_etl_run": newest
         and {
             "timestamp": newest.finished_at or newest.started_at,

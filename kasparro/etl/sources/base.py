@@ -13,7 +13,14 @@ from kasparro.models import RawRecordMixin
 
 
 class SourceError(RuntimeError):
-    """The source as a whole cannot be read (unreachable, unreadable, wrong layout)."""
+    """The source as a whole cannot be read (unreachable, unreadable, wrong layout).
+
+    ``transient`` marks failures worth retrying later: timeouts, refused connections, 429, 5xx.
+    """
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)

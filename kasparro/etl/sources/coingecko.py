@@ -82,9 +82,12 @@ class CoinGeckoSource(Source):
         try:
             response = session.get(url, params=params, timeout=self.settings["API_TIMEOUT_SECONDS"])
         except requests.RequestException as exc:
-            raise SourceError(f"cannot reach {where}: {type(exc).__name__}") from None
+            raise SourceError(
+                f"cannot reach {where}: {type(exc).__name__}", transient=True
+            ) from None
         if response.status_code != 200:
-            raise SourceError(f"{where} answered HTTP {response.status_code}")
+            transient = response.status_code == 429 or response.status_code >= 500
+            raise SourceError(f"{where} answered HTTP {response.status_code}", transient=transient)
         try:
             body = response.json()
         except ValueError:

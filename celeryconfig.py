@@ -1,0 +1,66 @@
+"""Celery settings, read from the environment.
+
+Without ``CELERY_BROKER_URL`` (the embedded default) tasks run eagerly in the calling process,
+so the same code path works on a machine with only Python.
+"""
+
+import os
+
+from kasparro.etl.sources import SOURCE_NAMES
+
+DEFAULT_SCHEDULE_SECONDS = {"coingecko_api": 300}  # other sources: 600
+
+
+def _seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def schedule_setting(source: str) -> str:
+    """Return the environment variable that sets ``source``'s beat interval."""
+    return f"SCHEDULE_{source.upper()}_SECONDS"
+
+
+broker_url = os.environ.get("CELERY_BROKER_URL", "").strip() or "memory://"
+result_backend = os.environ.get("CELERY_RESULT_BACKEND", "").strip() or None
+task_always_eager = broker_url == "memory://"
+task_eager_propagates = False
+
+# A task is acknowledged only when it has finished, and a task whose worker died is delivered
+# again; the pipeline's checkpoints make the second delivery resume rather than duplicate.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = _seconds("CELERY_TASK_SOFT_TIME_LIMIT", 1800)
+task_time_limit = task_soft_time_limit + 60
+# Redis redelivers an unacknowledged task after this long: it must exceed the longest run.
+# Workers look for such tasks every CELERY_UNACKED_RESTORE_SECONDS.
+broker_transport_options = {
+    "visibility_timeout": _seconds("CELERY_VISIBILITY_TIMEOUT", task_time_limit + 600),
+    "unacked_restore_interval": _seconds("CELERY_UNACKED_RESTORE_SECONDS", 60),
+    "unacked_restore_throttle": 1,
+}
+broker_connection_retry_on_startup = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_expires = 86400
+timezone = "UTC"
+enable_utc = True
+task_default_queue = os.environ.get("CELERY_QUEUE", "").strip() or "etl"
+imports = ("tasks.etl",)
+# Kasparro's own structured, redacting logging stays in charge in worker processes too.
+worker_hijack_root_logger = False
+worker_redirect_stdouts = False
+
+beat_schedule = {
+    f"etl-{source}": {
+        "task": "etl.scheduled_run",
+        "schedule": float(
+            _seconds(schedule_setting(source), DEFAULT_SCHEDULE_SECONDS.get(source, 600))
+        ),
+        "args": (source,),
+    }
+    for source in SOURCE_NAMES
+}

@@ -1,0 +1,57 @@
+"""``POST /etl/run``: start runs over HTTP, behind a bearer token."""
+
+import hmac
+
+from flask import current_app, request
+from flask_smorest import Blueprint, abort
+
+from kasparro.etl.pipeline import SourceBusy
+from kasparro.schemas import EtlRunRequestSchema, EtlRunResponseSchema
+from tasks.etl import dispatch_run
+
+blp = Blueprint("etl", __name__, description="Run control")
+
+
+def require_admin_token() -> None:
+    """Abort unless the request carries ``Authorization: Bearer <ETL_ADMIN_TOKEN>``."""
+    expected = current_app.config["ETL_ADMIN_TOKEN"]
+    if not expected:
+        abort(503, message="run control over HTTP is disabled: ETL_ADMIN_TOKEN is not set")
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not supplied.strip():
+        abort(
+            401,
+            message="send Authorization: Bearer <ETL_ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="kasparro"'},
+        )
+    if not hmac.compare_digest(supplied.strip().encode(), expected.encode()):
+        abort(403, message="the bearer token is not valid")
+
+
+@blp.route("/etl/run", methods=["POST"])
+@blp.arguments(EtlRunRequestSchema, required=False)
+@blp.response(202, EtlRunResponseSchema)
+@blp.alt_response(401, description="No bearer token")
+@blp.alt_response(403, description="Wrong bearer token")
+@blp.alt_response(409, schema=EtlRunResponseSchema, description="Every source is already running")
+@blp.alt_response(503, description="Run control is disabled (no ETL_ADMIN_TOKEN)")
+def start_runs(body):
+    """Start a run of each requested source (default all); in-process when there is no broker."""
+    require_admin_token()
+    runs, skipped = [], []
+    for source in body["sources"]:
+        try:
+            run_id, task_id = dispatch_run(source, "api")
+        except SourceBusy as busy:
+            skipped.append(
+                {
+                    "source": source,
+                    "skipped_run_id": busy.skipped_run_id,
+                    "running_run_id": busy.running_run_id,
+                }
+            )
+            continue
+        runs.append({"source": source, "run_id": run_id, "task_id": task_id})
+    eager = current_app.extensions["celery"].conf.task_always_eager
+    result = {"runs": runs, "skipped": skipped, "mode": "eager" if eager else "queued"}
+    return result, (202 if runs else 409)

@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers around kasparro.etl that add retries, time limits and chaining."""

@@ -1,0 +1,99 @@
+"""The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and how runs start."""
+
+from typing import Any
+
+import structlog
+from celery import chain, shared_task
+from celery.exceptions import Ignore
+from celery.utils import uuid
+from flask import current_app
+
+from kasparro.etl import pipeline
+from kasparro.etl.sources.base import SourceError
+from kasparro.extensions import db
+from kasparro.models import EtlRun
+
+log = structlog.get_logger(__name__)
+EXTRACT_MAX_RETRIES = 3
+
+
+def retry_delay(attempt: int) -> int:
+    """Return seconds to wait before retry ``attempt`` (0-based): 2, 4, 8..."""
+    return 2 ** (attempt + 1)
+
+
+def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
+    """Record a RUNNING run and queue its chain; return (run id, task id).
+
+    Raises pipeline.SourceBusy when the source is already running. If the chain cannot be
+    queued, the run is closed as FAILED so that it does not hold the source's lock.
+    """
+    task_id = uuid()
+    run_id = pipeline.start_run(db.session, source, trigger, current_app.config, task_id)
+    try:
+        chain(
+            extract.si(source, run_id).set(task_id=task_id), transform_and_upsert.s()
+        ).apply_async()
+    except Exception as exc:
+        pipeline.fail_run(db.session, run_id, exc)
+        raise
+    return run_id, task_id
+
+
+def _ensure_running(run_id: int) -> None:
+    # A task delivered again after its run finished (or was closed as abandoned) does nothing.
+    run = db.session.get(EtlRun, run_id)
+    if run is None or run.status != "RUNNING":
+        log.warning("etl.task.stale_delivery", run_id=run_id, status=getattr(run, "status", None))
+        raise Ignore()
+
+
+@shared_task(name="etl.extract", bind=True, max_retries=EXTRACT_MAX_RETRIES)
+def extract(self, source: str, run_id: int) -> dict[str, Any]:
+    """Extract ``source`` into its raw table for run ``run_id``; retry transient failures."""
+    _ensure_running(run_id)
+    try:
+        return pipeline.extract(db.session, run_id, current_app.config)
+    except SourceError as exc:
+        if exc.transient and self.request.retries < self.max_retries:
+            db.session.rollback()
+            delay = retry_delay(self.request.retries)
+            log.warning(
+                "etl.extract.retry",
+                source=source,
+                run_id=run_id,
+                attempt=self.request.retries + 1,
+                reason=str(exc),
+                wait_seconds=delay,
+            )
+            raise self.retry(exc=exc, countdown=delay) from None
+        pipeline.fail_run(db.session, run_id, exc)
+        raise
+    except Exception as exc:
+        pipeline.fail_run(db.session, run_id, exc)
+        raise
+
+
+@shared_task(name="etl.transform_and_upsert", bind=True)
+def transform_and_upsert(self, extracted: dict[str, Any]) -> dict[str, Any]:
+    """Transform the run's raw rows into unified rows and finish the run."""
+    run_id = extracted["run_id"]
+    _ensure_running(run_id)
+    try:
+        status = pipeline.transform_and_upsert(
+            db.session, run_id, extracted["context"], current_app.config
+        )
+    except Exception as exc:
+        pipeline.fail_run(db.session, run_id, exc)
+        raise
+    return {"run_id": run_id, "status": status}
+
+
+@shared_task(name="etl.scheduled_run")
+def scheduled_run(source: str) -> dict[str, Any]:
+    """Start a run of ``source`` for beat; a source still running is recorded as SKIPPED."""
+    try:
+        run_id, task_id = dispatch_run(source, "schedule")
+    except pipeline.SourceBusy as busy:
+        return {"skipped_run_id": busy.skipped_run_id, "running_run_id": busy.running_run_id}
+    return {"run_id": run_id, "task_id": task_id}
