@@ -6,7 +6,7 @@ FLASK := $(BIN)/flask --app wsgi
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format services clean
+.PHONY: run test lint format services smoke up down logs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,23 @@ format: $(VENV)/.dev
 ## services: make sure PostgreSQL and Redis answer on 127.0.0.1, starting them if they do not
 services:
 	scripts/ensure-services.sh
+
+## smoke: start the whole stack as local processes, run it, kill a worker mid-run, report
+smoke: $(VENV)/.dev services
+	$(BIN)/python scripts/smoke.py
+
+## up: build and start the docker compose stack (needs .env with the secrets; see .env.example)
+up:
+	@test -f .env || { echo "create .env from .env.example and fill in its secrets first" >&2; exit 1; }
+	docker compose up --build --detach
+
+## down: stop the docker compose stack (volumes are kept)
+down:
+	docker compose down
+
+## logs: follow the docker compose stack's logs
+logs:
+	docker compose logs --follow --tail=100
 
 ## clean: remove the virtualenv, caches and the local SQLite database
 clean:

@@ -11,6 +11,7 @@ from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
 from kasparro.models import Checkpoint
 from kasparro.queries import source_health
+from tasks.etl import dispatch_run
 
 etl_cli = AppGroup("etl", help="Run and inspect the ETL pipeline.")
 
@@ -30,8 +31,16 @@ def _counts(run) -> str:
     type=click.Choice(SOURCE_NAMES),
     help="Source to run; repeat for several. Default: all.",
 )
-def run_command(sources):
+@click.option(
+    "--enqueue",
+    is_flag=True,
+    help="Queue the runs for the Celery workers and return at once (in-process without a broker).",
+)
+def run_command(sources, enqueue):
     """Run the ETL for each source and print a summary; exit 1 if any source failed."""
+    if enqueue:
+        _enqueue(sources or SOURCE_NAMES)
+        return
     failed = []
     for name in sources or SOURCE_NAMES:
         try:
@@ -48,6 +57,16 @@ def run_command(sources):
             failed.append(name)
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")
+
+
+def _enqueue(sources) -> None:
+    for name in sources:
+        try:
+            run_id, task_id = dispatch_run(name, "cli")
+        except SourceBusy as busy:
+            click.echo(f"{name:<14} run {busy.skipped_run_id:<5} SKIPPED  {busy}")
+            continue
+        click.echo(f"{name:<14} run {run_id:<5} queued as task {task_id}")
 
 
 @etl_cli.command("status")

@@ -33,10 +33,18 @@ def _str(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip() or default
 
 
+def database_url(raw: str) -> str:
+    """Return a SQLAlchemy URL; platform URLs (``postgres://``, ``postgresql://``) use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
 def load_settings() -> dict:
     """Read every setting from the environment; secrets have no default."""
     return {
-        "SQLALCHEMY_DATABASE_URI": _str("DATABASE_URL", "sqlite:///./etl.db"),
+        "SQLALCHEMY_DATABASE_URI": database_url(_str("DATABASE_URL", "sqlite:///./etl.db")),
         "API_SOURCE_URL": _str("API_SOURCE_URL", COINGECKO_MARKETS_URL),
         "API_KEY": os.environ.get("API_KEY", "").strip(),
         "API_KEY_HEADER": _str("API_KEY_HEADER"),
@@ -58,11 +66,25 @@ def load_settings() -> dict:
     }
 
 
+def _url_password(url: str) -> str:
+    try:
+        return make_url(url).password or ""
+    except Exception:  # an unparsable URL fails later with its own clear error
+        return ""
+
+
 def secret_values(config) -> list[str]:
     """Return the configured secret values, so logs can be scrubbed of them."""
-    secrets = [config.get("API_KEY", ""), config.get("ETL_ADMIN_TOKEN", "")]
-    try:
-        secrets.append(make_url(config["SQLALCHEMY_DATABASE_URI"]).password or "")
-    except Exception:  # an unparsable URL fails later with its own clear error
-        pass
+    celery = config.get("CELERY", {})
+    urls = [
+        config.get("SQLALCHEMY_DATABASE_URI", ""),
+        celery.get("broker_url") or os.environ.get("CELERY_BROKER_URL", ""),
+        celery.get("result_backend") or os.environ.get("CELERY_RESULT_BACKEND", ""),
+    ]
+    secrets = [
+        config.get("API_KEY", ""),
+        config.get("ETL_ADMIN_TOKEN", ""),
+        os.environ.get("FLOWER_BASIC_AUTH", "").partition(":")[2],
+        *(_url_password(url) for url in urls if url),
+    ]
     return [s for s in secrets if s and len(s) >= 4]

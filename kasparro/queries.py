@@ -5,7 +5,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,9 @@ FILTER_COLUMNS = {
 }
 
 
+MAX_ID = 2**63 - 1
+
+
 class InvalidCursor(ValueError):
     """A cursor that this server did not issue."""
 
@@ -36,9 +39,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     """Return the (timestamp, id) a cursor points after."""
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(data["t"]), int(data["i"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        timestamp, record_id = datetime.fromisoformat(data["t"]).astimezone(UTC), int(data["i"])
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidCursor("cursor is not one this server issued") from None
+    if not 0 <= record_id <= MAX_ID:
+        raise InvalidCursor("cursor is not one this server issued")
+    return timestamp, record_id
 
 
 @dataclass

@@ -18,7 +18,22 @@ class AwareDateTime(fields.DateTime):
 
     def _deserialize(self, value, attr, data, **kwargs):
         parsed = super()._deserialize(value, attr, data, **kwargs)
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("datetime out of range") from None
+
+
+def _no_nul(value: str) -> None:
+    if "\x00" in value:
+        raise ValidationError("must not contain a NUL character")
+
+
+class Text(fields.String):
+    """A string argument without NUL characters (which PostgreSQL text cannot hold)."""
+
+    def __init__(self, *, max_length: int, **kwargs):
+        super().__init__(validate=[validate.Length(min=1, max=max_length), _no_nul], **kwargs)
 
 
 class PlainDecimal(fields.Decimal):
@@ -33,16 +48,13 @@ class DataQuerySchema(Schema):
 
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     page_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
-    cursor = fields.String(
-        validate=validate.Length(max=200),
+    cursor = Text(
+        max_length=200,
         metadata={"description": "next_cursor of a previous page; stable deep paging"},
     )
     source = fields.String(validate=validate.OneOf(SOURCE_NAMES))
-    asset = fields.String(
-        validate=validate.Length(min=1, max=200),
-        metadata={"description": "canonical id, e.g. bitcoin"},
-    )
-    symbol = fields.String(validate=validate.Length(min=1, max=50))
+    asset = Text(max_length=200, metadata={"description": "canonical id, e.g. bitcoin"})
+    symbol = Text(max_length=50)
     metric = fields.String(validate=validate.OneOf(METRICS))
     since = AwareDateTime(metadata={"description": "observations at or after this time"})
     until = AwareDateTime(metadata={"description": "observations at or before this time"})

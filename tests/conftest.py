@@ -18,8 +18,8 @@ from flask_migrate import upgrade
 from kasparro import create_app
 from kasparro.etl.pipeline import run_source
 from kasparro.extensions import db
-from tests.celery_worker import WorkerProcess
 from tests.coingecko_imitation import CoinGeckoImitation
+from tests.processes import ManagedProcess, worker_argv, worker_ready
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -246,8 +246,10 @@ def start_worker(broker_env, tmp_path):
     """Return a function that starts a real worker; every worker is stopped after the test."""
     workers = []
 
-    def start(**extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess({**broker_env, **extra_env}, tmp_path / "worker.log").start()
+    def start(**extra_env: str) -> ManagedProcess:
+        worker = ManagedProcess(
+            worker_argv(), {**broker_env, **extra_env}, tmp_path / "worker.log", worker_ready
+        ).start()
         workers.append(worker)
         return worker
 

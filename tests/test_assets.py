@@ -95,3 +95,12 @@ def test_resolver_prefers_ids_then_names_then_unique_symbols(observation, expect
     )
     fields = {"external_id": "e", "metric": "price_usd", "value": 1, "timestamp": None}
     assert resolver.resolve(Observation(**fields, **observation)) == expected
+
+
+def test_a_record_without_a_symbol_takes_its_assets_ticker(client, run_etl):
+    run_etl("csv1")
+
+    body = client.get("/data?symbol=btc&source=csv1").get_json()
+
+    assert body["pagination"]["total"] == 2
+    assert {(item["asset_id"], item["symbol"]) for item in body["data"]} == {("bitcoin", "BTC")}

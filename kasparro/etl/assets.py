@@ -22,7 +22,7 @@ class AssetResolver:
     """
 
     def __init__(self, assets: Iterable[tuple[str, str, str]]):
-        self._ids: set[str] = set()
+        self._symbols: dict[str, str] = {}
         self._by_name: dict[str, set[str]] = defaultdict(set)
         self._by_symbol: dict[str, set[str]] = defaultdict(set)
         for asset_id, symbol, name in assets:
@@ -35,13 +35,13 @@ class AssetResolver:
 
     def add(self, asset_id: str, symbol: str, name: str) -> None:
         """Learn one asset."""
-        self._ids.add(asset_id)
+        self._symbols[asset_id] = symbol.strip().upper()
         self._by_name[name.strip().lower()].add(asset_id)
         self._by_symbol[symbol.strip().lower()].add(asset_id)
 
     def resolve(self, observation: Observation) -> str | None:
         """Return the canonical id of the observed coin, or None when it is unknown or ambiguous."""
-        if observation.asset_hint in self._ids:
+        if observation.asset_hint in self._symbols:
             return observation.asset_hint
         symbol = (observation.symbol or "").strip().lower()
         by_symbol = self._by_symbol.get(symbol, set()) if symbol else set()
@@ -51,6 +51,10 @@ class AssetResolver:
                 by_name = by_name & by_symbol
             return _only(by_name)
         return _only(by_symbol)
+
+    def symbol_of(self, asset_id: str | None) -> str | None:
+        """Return the ticker of a known asset, upper-case."""
+        return self._symbols.get(asset_id) if asset_id else None
 
 
 def _only(candidates: set[str]) -> str | None:

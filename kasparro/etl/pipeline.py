@@ -227,7 +227,7 @@ def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolv
                     "source": run.source,
                     "external_id": observation.external_id[:200],
                     "asset_id": asset_id,
-                    "symbol": observation.symbol,
+                    "symbol": observation.symbol or resolver.symbol_of(asset_id),
                     "name": observation.name,
                     "metric": observation.metric,
                     "value": observation.value,

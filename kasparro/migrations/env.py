@@ -1,5 +1,6 @@
 """Alembic environment: migrate the database of the current Flask app."""
 
+import sqlalchemy as sa
 import structlog
 from alembic import context
 from flask import current_app
@@ -7,6 +8,7 @@ from flask import current_app
 config = context.config
 log = structlog.get_logger("alembic.env")
 target_db = current_app.extensions["migrate"].db
+MIGRATION_LOCK = 7_301_123_001  # an arbitrary, fixed advisory-lock key for schema migrations
 
 
 def run_migrations_offline():
@@ -31,6 +33,11 @@ def run_migrations_online():
     with target_db.engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_db.metadata, **conf_args)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Every container migrates at start: one at a time; the later ones find no work.
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             context.run_migrations()
 
 

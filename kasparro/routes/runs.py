@@ -8,6 +8,7 @@ from kasparro.models import EtlRun
 from kasparro.schemas import RunListSchema, RunSchema, RunsQuerySchema
 
 blp = Blueprint("runs", __name__, description="The ETL run log")
+MAX_RUN_ID = 2**31 - 1  # etl_runs.id is a 32-bit integer
 
 
 @blp.route("/runs")
@@ -26,7 +27,7 @@ def list_runs(args):
 @blp.response(200, RunSchema)
 def get_run(run_id):
     """Show one run: status, counts, checkpoints and error."""
-    run = db.session.get(EtlRun, run_id)
+    run = db.session.get(EtlRun, run_id) if run_id <= MAX_RUN_ID else None
     if run is None:
         abort(404, message=f"no run with id {run_id}")
     return run

@@ -1,0 +1,130 @@
+"""Each role of docker/entrypoint.sh, started as the plain process a container would run."""
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+from tests.processes import ENTRYPOINT, ManagedProcess, venv_path_env, worker_ready
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str, **kwargs) -> bool:
+    try:
+        return requests.get(url, timeout=2, **kwargs).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def eventually(check, timeout: float = 60, interval: float = 0.5):
+    """Return the first truthy result of ``check()`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"{check} did not hold within {timeout}s")
+
+
+@pytest.fixture
+def roles(tmp_path):
+    """Return a function that starts an entrypoint role; all are stopped after the test."""
+    started = []
+
+    def start(role: str, env: dict[str, str], ready=lambda log: True) -> ManagedProcess:
+        process = ManagedProcess(
+            [ENTRYPOINT, role], venv_path_env(env), tmp_path / f"{role}.log", ready
+        ).start(timeout=90)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.mark.slow
+def test_api_role_migrates_serves_at_once_and_loads_data_in_the_background(
+    roles, tmp_path, coingecko, csv_paths
+):
+    port = free_port()
+    database = f"sqlite:///{tmp_path / 'etl.db'}"
+    env = {
+        "DATABASE_URL": database,
+        "API_SOURCE_URL": coingecko.url,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        **{key: str(path) for key, path in csv_paths.items()},
+    }
+    base = f"http://127.0.0.1:{port}"
+
+    roles("api", {**os.environ, **env}, lambda log: answers(f"{base}/health"))
+
+    def finished_runs():
+        runs = requests.get(f"{base}/runs", timeout=2).json()["runs"]
+        done = {run["source"]: run["status"] for run in runs if run["status"] != "RUNNING"}
+        return done if len(done) == 3 else None
+
+    assert eventually(finished_runs) == {
+        "coingecko_api": "SUCCESS",
+        "csv1": "SUCCESS",
+        "csv2": "PARTIAL",
+    }
+    assert requests.get(f"{base}/data", timeout=2).json()["pagination"]["total"] == 15 + 14 + 12
+
+
+@pytest.mark.slow
+def test_worker_beat_and_flower_roles_run_scheduled_runs_and_guard_the_monitor(
+    roles, broker_env, broker_app, tmp_path
+):
+    flower_port = free_port()
+    env = {
+        **broker_env,
+        "SCHEDULE_COINGECKO_API_SECONDS": "2",
+        "SCHEDULE_CSV1_SECONDS": "2",
+        "SCHEDULE_CSV2_SECONDS": "2",
+        "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
+        "WORKER_CONCURRENCY": "1",
+        "FLOWER_BASIC_AUTH": "ops:flower-pass-1234",
+        "FLOWER_PORT": str(flower_port),
+    }
+
+    roles("worker", env, worker_ready)
+    roles("beat", env)
+    flower_url = f"http://127.0.0.1:{flower_port}/"
+    roles("flower", env, lambda log: answers(flower_url, auth=("ops", "flower-pass-1234")))
+
+    def scheduled_sources():
+        engine = sa.create_engine(env["DATABASE_URL"])
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT DISTINCT source FROM etl_runs WHERE trigger = 'schedule' "
+                        "AND status IN ('SUCCESS', 'PARTIAL')")
+            ).scalars().all()  # fmt: skip
+        engine.dispose()
+        return set(rows) == {"coingecko_api", "csv1", "csv2"}
+
+    assert eventually(scheduled_sources, timeout=60)
+    assert requests.get(flower_url, timeout=2).status_code == 401
+    assert requests.get(flower_url, timeout=2, auth=("ops", "wrong")).status_code == 401
+
+
+def test_flower_role_refuses_to_start_without_basic_auth(tmp_path):
+    env = venv_path_env({"DATABASE_URL": f"sqlite:///{tmp_path / 'etl.db'}", "PATH": ""})
+    env["PATH"] += ":/usr/bin:/bin"
+
+    result = subprocess.run(
+        [ENTRYPOINT, "flower"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode != 0
+    assert "set FLOWER_BASIC_AUTH=user:password" in result.stderr
