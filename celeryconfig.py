@@ -39,7 +39,12 @@ broker_transport_options = {
     "visibility_timeout": _seconds("CELERY_VISIBILITY_TIMEOUT", task_time_limit + 600),
     "unacked_restore_interval": _seconds("CELERY_UNACKED_RESTORE_SECONDS", 60),
     "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
 }
+redis_socket_connect_timeout = 5
+# Publishing gives up within about two seconds when the broker is down, so callers can say so.
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
 broker_connection_retry_on_startup = True
 
 task_serializer = "json"

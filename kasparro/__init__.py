@@ -43,12 +43,26 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
-    """Bind the database, migrations, the OpenAPI object and CORS to the app."""
-    from kasparro.extensions import api, db, migrate
+    """Bind the database, migrations, the OpenAPI object, the request limiter and CORS."""
+    from kasparro.extensions import api, db, limiter, migrate
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     api.init_app(app)
+    app.config.update(
+        RATELIMIT_ENABLED=bool(app.config["PUBLIC_RATE_LIMIT"]),
+        RATELIMIT_STORAGE_URI=app.config["REDIS_URL"] or "memory://",
+        RATELIMIT_HEADERS_ENABLED=True,
+        # Limits must never take the API down: without Redis they are kept in memory instead.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_KEY_PREFIX="kasparro",
+    )
+    limiter.init_app(app)
+    if app.config["PROXY_FIX_X_FOR"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"])
     if app.config["CORS_ORIGINS"]:
         from flask_cors import CORS
 
@@ -57,9 +71,11 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per resource."""
-    from kasparro.extensions import api
+    from kasparro.extensions import api, limiter
     from kasparro.routes import data, etl, health, runs, stats
 
+    for module in (data, stats, runs):
+        limiter.limit(lambda: app.config["PUBLIC_RATE_LIMIT"] or "1000000/second")(module.blp)
     for module in (data, health, stats, runs, etl):
         api.register_blueprint(module.blp)
 

@@ -41,6 +41,11 @@ def database_url(raw: str) -> str:
     return raw
 
 
+def _redis_broker() -> str:
+    broker = _str("CELERY_BROKER_URL")
+    return broker if broker.startswith(("redis://", "rediss://")) else ""
+
+
 def load_settings() -> dict:
     """Read every setting from the environment; secrets have no default."""
     return {
@@ -51,6 +56,12 @@ def load_settings() -> dict:
         "API_MAX_PAGES": _int("API_MAX_PAGES", 4),
         "API_PER_PAGE": _int("API_PER_PAGE", 250),
         "API_TIMEOUT_SECONDS": _float("API_TIMEOUT_SECONDS", 10.0),
+        "API_CALLS_PER_MINUTE": _float("API_CALLS_PER_MINUTE", 30.0),
+        "API_MAX_ATTEMPTS": max(1, _int("API_MAX_ATTEMPTS", 5)),
+        "API_RETRY_BUDGET_SECONDS": _float("API_RETRY_BUDGET_SECONDS", 120.0),
+        "API_BACKOFF_BASE_SECONDS": _float("API_BACKOFF_BASE_SECONDS", 1.0),
+        "API_BACKOFF_MAX_SECONDS": _float("API_BACKOFF_MAX_SECONDS", 30.0),
+        "SCHEMA_DRIFT_THRESHOLD": _float("SCHEMA_DRIFT_THRESHOLD", 0.8),
         "CSV1_PATH": _str("CSV1_PATH", str(PROJECT_ROOT / "data" / "source1.csv")),
         "CSV2_PATH": _str("CSV2_PATH", str(PROJECT_ROOT / "data" / "source2.csv")),
         "ASSETS_SEED_PATH": _str(
@@ -62,7 +73,16 @@ def load_settings() -> dict:
         "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json").lower(),
         "CORS_ORIGINS": _str("CORS_ORIGINS"),
+        # Proxies in front of the API that set X-Forwarded-For (so limits see the real client).
+        "PROXY_FIX_X_FOR": _int("PROXY_FIX_X_FOR", 0),
+        "MAX_CONTENT_LENGTH": 64 * 1024,
         "ETL_ADMIN_TOKEN": os.environ.get("ETL_ADMIN_TOKEN", "").strip(),
+        # Shared state (the upstream rate limiter, the public API limits): Redis when there is one.
+        "REDIS_URL": _str("REDIS_URL") or _redis_broker(),
+        # Per-client limit on the public endpoints, e.g. "120/minute"; empty turns it off.
+        "PUBLIC_RATE_LIMIT": _str(
+            "PUBLIC_RATE_LIMIT", "300/minute" if os.environ.get("CELERY_BROKER_URL") else ""
+        ),
     }
 
 

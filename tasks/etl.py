@@ -7,6 +7,7 @@ from celery import chain, shared_task
 from celery.exceptions import Ignore
 from celery.utils import uuid
 from flask import current_app
+from kombu.exceptions import OperationalError
 
 from kasparro.etl import pipeline
 from kasparro.etl.sources.base import SourceError
@@ -22,18 +23,25 @@ def retry_delay(attempt: int) -> int:
     return 2 ** (attempt + 1)
 
 
+class BrokerUnavailable(RuntimeError):
+    """The task queue could not be reached, so a run could not be queued."""
+
+
 def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
     """Record a RUNNING run and queue its chain; return (run id, task id).
 
-    Raises pipeline.SourceBusy when the source is already running. If the chain cannot be
-    queued, the run is closed as FAILED so that it does not hold the source's lock.
+    Raises pipeline.SourceBusy when the source is already running, and BrokerUnavailable when
+    the queue cannot be reached; then the run is closed as FAILED, so it holds no lock.
     """
     task_id = uuid()
     run_id = pipeline.start_run(db.session, source, trigger, current_app.config, task_id)
+    work = chain(extract.si(source, run_id).set(task_id=task_id), transform_and_upsert.s())
     try:
-        chain(
-            extract.si(source, run_id).set(task_id=task_id), transform_and_upsert.s()
-        ).apply_async()
+        work.apply_async()
+    except OperationalError as exc:
+        unavailable = BrokerUnavailable("the task queue is unreachable; no run was started")
+        pipeline.fail_run(db.session, run_id, unavailable)
+        raise unavailable from exc
     except Exception as exc:
         pipeline.fail_run(db.session, run_id, exc)
         raise

@@ -24,6 +24,12 @@ from tests.processes import ManagedProcess, worker_argv, worker_ready
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_API_KEY = "cg-test-key-9f8e7d6c5b4a"
+# Tests pace and back off in milliseconds; the tests of pacing and backoff set their own values.
+FAST_UPSTREAM = {
+    "API_CALLS_PER_MINUTE": 600_000.0,
+    "API_BACKOFF_BASE_SECONDS": 0.01,
+    "API_BACKOFF_MAX_SECONDS": 0.05,
+}
 TABLES = (
     "unified_records",
     "rejected_records",
@@ -133,6 +139,7 @@ def settings(database_url, coingecko, csv_paths):
         "API_KEY": TEST_API_KEY,
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
+        **FAST_UPSTREAM,
         **{key: str(path) for key, path in csv_paths.items()},
     }
 
@@ -211,6 +218,7 @@ def broker_env(redis_url, coingecko, csv_paths, postgres_url):
         "API_KEY": TEST_API_KEY,
         "ETL_ADMIN_TOKEN": ADMIN_TOKEN,
         "LOG_LEVEL": "INFO",
+        **{key: str(value) for key, value in FAST_UPSTREAM.items()},
         **{key: str(path) for key, path in csv_paths.items()},
     }
 
@@ -227,6 +235,8 @@ def broker_app(broker_env):
             "ETL_ADMIN_TOKEN": env["ETL_ADMIN_TOKEN"],
             "CSV1_PATH": env["CSV1_PATH"],
             "CSV2_PATH": env["CSV2_PATH"],
+            "REDIS_URL": env["CELERY_BROKER_URL"],
+            **FAST_UPSTREAM,
             "CELERY": {
                 "broker_url": env["CELERY_BROKER_URL"],
                 "result_backend": env["CELERY_RESULT_BACKEND"],

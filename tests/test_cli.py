@@ -28,7 +28,7 @@ def test_run_exits_non_zero_when_a_source_fails(app, runner):
 
     assert result.exit_code == 1
     assert "coingecko_api  run 1     FAILED" in result.stdout
-    assert "error: SourceError: cannot reach 127.0.0.1:9 page 1" in result.stdout
+    assert "error: SourceError: 127.0.0.1:9 page 1: gave up after 5 attempts" in result.stdout
     assert "csv1           run 2     SUCCESS" in result.stdout
     assert "Error: failed: coingecko_api" in result.stderr
 

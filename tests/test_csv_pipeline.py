@@ -204,10 +204,14 @@ def test_missing_file_fails_the_run_with_a_clear_error(app, run_etl, csv_paths):
     assert db.session.scalar(sa.select(sa.func.count()).select_from(EtlRun)) == 1
 
 
-def test_header_without_required_columns_fails_the_run(run_etl, csv_paths):
+def test_a_header_missing_columns_rejects_its_rows_with_the_reason(run_etl, csv_paths):
     write(csv_paths["CSV1_PATH"], "id,label,value\nbitcoin,Bitcoin,1\n")
 
     run = run_etl("csv1")["csv1"]
 
-    assert run.status == "FAILED"
-    assert "lacks the columns ['name', 'timestamp']" in run.error
+    assert (run.status, run.inserted, run.rejected) == ("PARTIAL", 0, 1)
+    assert db.session.scalar(sa.select(RejectedRecord.reason)) == (
+        "field 'name' is missing; closest is 'label' at 0.44; "
+        "field 'timestamp' is missing; closest is 'label' at 0.14"
+    )
+    assert [event["kind"] for event in run.details["drift"]] == ["missing", "missing", "unexpected"]

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
 from kasparro.etl.assets import AssetResolver, read_seed, upsert_assets
+from kasparro.etl.drift import FieldMap
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
 from kasparro.etl.parsing import InvalidValue
@@ -144,8 +145,19 @@ def extract(session: Session, run_id: int, settings: dict[str, Any]) -> dict[str
         run.rows_read += len(batch)
         run.heartbeat_at = utcnow()
         session.commit()
+    context = source.context()
+    _record_drift(session, run, context)
     log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
-    return {"run_id": run_id, "context": source.context()}
+    return {"run_id": run_id, "context": context}
+
+
+def _record_drift(session: Session, run: EtlRun, context: dict[str, Any]) -> None:
+    events = FieldMap.from_dict(context.get("fields")).events
+    for event in events:
+        log.warning("etl.schema_drift", run_id=run.id, source=run.source, **event)
+    if events:
+        run.details = {**(run.details or {}), "drift": events}
+        session.commit()
 
 
 def transform_and_upsert(
@@ -189,7 +201,9 @@ def transform_and_upsert(
         if failure:
             failure.check(run.source, "on_commit")
         session.commit()
-    return _finish(session, run, "PARTIAL" if run.rejected else "SUCCESS", checkpoint.cursor)
+    incomplete = context.get("incomplete")
+    status = "PARTIAL" if run.rejected or incomplete else "SUCCESS"
+    return _finish(session, run, status, checkpoint.cursor, incomplete or "")
 
 
 def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolver):

@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = structlog.get_logger(__name__)
+MAX_QUERY_STRING = 2048
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
@@ -31,6 +32,12 @@ def init_error_handling(app: Flask) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
 
+    @app.before_request
+    def bound_query_string():
+        if len(request.query_string) > MAX_QUERY_STRING:
+            return error_body(414, f"the query string is longer than {MAX_QUERY_STRING} bytes")
+        return None
+
     @app.after_request
     def echo_request_id(response):
         response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
@@ -42,6 +49,14 @@ def init_error_handling(app: Flask) -> None:
             duration_ms=round((time.perf_counter() - g.get("request_started", 0)) * 1000, 2),
         )
         return response
+
+    @app.teardown_request
+    def forget_request_id(exc):
+        structlog.contextvars.clear_contextvars()
+
+    @app.errorhandler(429)
+    def too_many_requests(exc):
+        return error_body(429, f"too many requests ({exc.description}); retry after Retry-After")
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(PoolTimeoutError)

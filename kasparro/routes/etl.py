@@ -7,7 +7,7 @@ from flask_smorest import Blueprint, abort
 
 from kasparro.etl.pipeline import SourceBusy
 from kasparro.schemas import EtlRunRequestSchema, EtlRunResponseSchema
-from tasks.etl import dispatch_run
+from tasks.etl import BrokerUnavailable, dispatch_run
 
 blp = Blueprint("etl", __name__, description="Run control")
 
@@ -34,7 +34,7 @@ def require_admin_token() -> None:
 @blp.alt_response(401, description="No bearer token")
 @blp.alt_response(403, description="Wrong bearer token")
 @blp.alt_response(409, schema=EtlRunResponseSchema, description="Every source is already running")
-@blp.alt_response(503, description="Run control is disabled (no ETL_ADMIN_TOKEN)")
+@blp.alt_response(503, description="Run control is disabled (no ETL_ADMIN_TOKEN), or no broker")
 def start_runs(body):
     """Start a run of each requested source (default all); in-process when there is no broker."""
     require_admin_token()
@@ -42,6 +42,8 @@ def start_runs(body):
     for source in body["sources"]:
         try:
             run_id, task_id = dispatch_run(source, "api")
+        except BrokerUnavailable as exc:
+            abort(503, message=f"{exc}; try again once the broker is back")
         except SourceBusy as busy:
             skipped.append(
                 {

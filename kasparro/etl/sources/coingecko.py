@@ -7,10 +7,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
+from kasparro.etl.drift import FieldMap, match_fields
+from kasparro.etl.http_client import JsonClient, RetryPolicy
 from kasparro.etl.parsing import InvalidValue, parse_amount, parse_timestamp
+from kasparro.etl.ratelimit import pacer_for
 from kasparro.etl.sources.base import KnownAsset, Observation, RawRow, Source, SourceError
 from kasparro.models import RawApiRecord
 
@@ -19,6 +20,19 @@ METRIC_FIELDS = (
     ("market_cap_usd", "market_cap"),
     ("volume_24h_usd", "total_volume"),
 )
+EXPECTED_FIELDS = ("id", "symbol", "name", *(f for _, f in METRIC_FIELDS), "last_updated")
+REQUIRED_FIELDS = ("id", "last_updated", *(f for _, f in METRIC_FIELDS))
+# Fields /coins/markets sends that Kasparro keeps in the raw record but does not read.
+KNOWN_FIELDS = (
+    "image", "market_cap_rank", "fully_diluted_valuation", "high_24h", "low_24h",
+    "price_change_24h", "price_change_percentage_24h", "market_cap_change_24h",
+    "market_cap_change_percentage_24h", "circulating_supply", "total_supply", "max_supply",
+    "ath", "ath_change_percentage", "ath_date", "atl", "atl_change_percentage", "atl_date",
+    "roi", "price_change_percentage_1h_in_currency", "price_change_percentage_24h_in_currency",
+    "price_change_percentage_7d_in_currency", "price_change_percentage_14d_in_currency",
+    "price_change_percentage_30d_in_currency", "price_change_percentage_200d_in_currency",
+    "price_change_percentage_1y_in_currency",
+)  # fmt: skip
 USER_AGENT = "kasparro/0.1 (+market-data pipeline)"
 
 
@@ -29,18 +43,8 @@ def key_header_for(url: str) -> str:
 
 
 def build_session(settings: dict[str, Any]) -> requests.Session:
-    """Return a session that retries transient failures and sends the key only as a header."""
+    """Return a session that sends the key only as a header, never in the URL."""
     session = requests.Session()
-    retry = Retry(
-        total=2,
-        backoff_factor=0.5,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=("GET",),
-        respect_retry_after_header=True,
-        raise_on_status=False,
-    )
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
     session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
     if settings["API_KEY"]:
         header = settings["API_KEY_HEADER"] or key_header_for(settings["API_SOURCE_URL"])
@@ -52,24 +56,50 @@ class CoinGeckoSource(Source):
     """Every run fetches the whole ranking (the API has no "since"); writes are incremental.
 
     A coin's raw key is its id with its ``last_updated``, so a coin that has not moved since the
-    last run is not stored, transformed or written again.
+    last run is not stored, transformed or written again. A page that fails after earlier pages
+    succeeded ends the read early: what was read is loaded and the run is PARTIAL.
     """
 
     name = "coingecko_api"
     raw_model = RawApiRecord
 
-    def read(self, cursor: dict[str, Any] | None) -> Iterator[RawRow]:
-        """Yield each coin object of each page, stopping early at a short page."""
-        per_page = self.settings["API_PER_PAGE"]
-        with build_session(self.settings) as session:
-            for page in range(1, self.settings["API_MAX_PAGES"] + 1):
-                coins = self._fetch_page(session, page, per_page)
-                for coin in coins:
-                    yield self._raw_row(coin)
-                if len(coins) < per_page:
-                    return
+    def __init__(self, settings: dict[str, Any]):
+        super().__init__(settings)
+        self._fields = FieldMap()
+        self._incomplete: str | None = None
 
-    def _fetch_page(self, session: requests.Session, page: int, per_page: int) -> list[Any]:
+    def read(self, cursor: dict[str, Any] | None) -> Iterator[RawRow]:
+        """Yield each coin object of each page, stopping early at a short or failed page."""
+        per_page = self.settings["API_PER_PAGE"]
+        pacer = pacer_for(
+            self.name, self.settings["API_CALLS_PER_MINUTE"], self.settings["REDIS_URL"]
+        )
+        with build_session(self.settings) as session:
+            client = JsonClient(
+                self.name,
+                session,
+                pacer,
+                RetryPolicy.from_settings(self.settings),
+                self.settings["API_TIMEOUT_SECONDS"],
+            )
+            try:
+                for page in range(1, self.settings["API_MAX_PAGES"] + 1):
+                    try:
+                        coins = self._fetch_page(client, page, per_page)
+                    except SourceError as exc:
+                        if page == 1:
+                            raise
+                        self._incomplete = f"stopped after page {page - 1}: {exc}"
+                        return
+                    if page == 1:
+                        self._fields = self._match_fields(coins)
+                    yield from (self._raw_row(coin) for coin in coins)
+                    if len(coins) < per_page:
+                        return
+            finally:
+                pacer.close()
+
+    def _fetch_page(self, client: JsonClient, page: int, per_page: int) -> list[Any]:
         url = self.settings["API_SOURCE_URL"]
         params = {
             "vs_currency": "usd",
@@ -79,27 +109,27 @@ class CoinGeckoSource(Source):
             "sparkline": "false",
         }
         where = f"{urlsplit(url).netloc} page {page}"
-        try:
-            response = session.get(url, params=params, timeout=self.settings["API_TIMEOUT_SECONDS"])
-        except requests.RequestException as exc:
-            raise SourceError(
-                f"cannot reach {where}: {type(exc).__name__}", transient=True
-            ) from None
-        if response.status_code != 200:
-            transient = response.status_code == 429 or response.status_code >= 500
-            raise SourceError(f"{where} answered HTTP {response.status_code}", transient=transient)
-        try:
-            body = response.json()
-        except ValueError:
-            raise SourceError(f"{where} answered with a body that is not JSON") from None
+        body = client.get_json(url, params, where)
         if not isinstance(body, list):
             raise SourceError(f"{where} answered with a JSON {type(body).__name__}, not a list")
         return body
 
-    @staticmethod
-    def _raw_row(coin: Any) -> RawRow:
-        coin_id = coin.get("id") if isinstance(coin, dict) else None
-        updated = coin.get("last_updated") if isinstance(coin, dict) else None
+    def _match_fields(self, coins: list[Any]) -> FieldMap:
+        names = {name for coin in coins if isinstance(coin, dict) for name in coin}
+        if not names:
+            return FieldMap()
+        return match_fields(
+            EXPECTED_FIELDS,
+            sorted(names),
+            self.settings["SCHEMA_DRIFT_THRESHOLD"],
+            known=KNOWN_FIELDS,
+            required=REQUIRED_FIELDS,
+        )
+
+    def _raw_row(self, coin: Any) -> RawRow:
+        is_object = isinstance(coin, dict)
+        coin_id = self._fields.get(coin, "id") if is_object else None
+        updated = self._fields.get(coin, "last_updated") if is_object else None
         if isinstance(coin_id, str) and isinstance(updated, str) and coin_id and updated:
             key = f"{coin_id}@{updated}"
         else:
@@ -115,30 +145,33 @@ class CoinGeckoSource(Source):
         )
 
     def context(self) -> dict[str, Any]:
-        """Return nothing: a coin object carries all the transform needs."""
-        return {}
+        """Return where each field was found, and whether the read stopped early."""
+        return {"fields": self._fields.to_dict(), "incomplete": self._incomplete}
 
     def observations(self, raw: RawApiRecord, context: dict[str, Any]) -> list[Observation]:
         """Turn one coin into up to three observations; a null metric is simply not observed."""
         coin = raw.payload
         if not isinstance(coin, dict):
             raise InvalidValue(f"not a coin object: {type(coin).__name__}")
+        fields = FieldMap.from_dict(context.get("fields"))
+        if fields.missing:
+            raise InvalidValue("; ".join(fields.missing.values()))
         if not raw.external_id:
             raise InvalidValue("coin has no id")
-        timestamp = parse_timestamp(coin.get("last_updated"))
-        name, symbol = coin.get("name"), coin.get("symbol")
+        timestamp = parse_timestamp(fields.get(coin, "last_updated"))
+        name, symbol = fields.get(coin, "name"), fields.get(coin, "symbol")
         observations = [
             Observation(
                 external_id=raw.external_id,
                 metric=metric,
-                value=parse_amount(coin[field]),
+                value=parse_amount(fields.get(coin, field)),
                 timestamp=timestamp,
                 name=name if isinstance(name, str) else None,
                 symbol=symbol.upper() if isinstance(symbol, str) else None,
                 asset_hint=raw.external_id,
             )
             for metric, field in METRIC_FIELDS
-            if coin.get(field) is not None
+            if fields.get(coin, field) is not None
         ]
         if not observations:
             raise InvalidValue("coin has no price, market cap or volume")

@@ -11,6 +11,7 @@ from typing import Any, BinaryIO, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from kasparro.etl.drift import FieldMap, match_fields
 from kasparro.etl.parsing import InvalidValue
 from kasparro.etl.sources.base import Observation, RawRow, Source, SourceError
 from kasparro.models import RawCsvRecordMixin
@@ -57,7 +58,12 @@ class CsvSource(Source):
             else:
                 generation = (cursor or {}).get("generation", 0) + 1
                 offset, line_no = len(header_line), 1
-            self._context = {"generation": generation, "header_hash": header_hash, "header": header}
+            self._context = {
+                "generation": generation,
+                "header_hash": header_hash,
+                "header": header,
+                "fields": self._match_header(header).to_dict(),
+            }
             handle.seek(offset)
             yield from self._rows(handle, header, generation, line_no)
 
@@ -70,14 +76,17 @@ class CsvSource(Source):
             text = line.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise SourceError(f"{self.path.name}: header is not valid UTF-8") from None
-        header = [name.strip().lower() for name in next(csv.reader([text]), [])]
-        missing = [name for name in self.columns if name not in header]
-        if missing:
-            raise SourceError(
-                f"{self.path.name}: header {header} lacks the columns {missing}; "
-                f"expected {list(self.columns)}"
-            )
+        header = [name.strip() for name in next(csv.reader([text]), [])]
+        if not any(header):
+            raise SourceError(f"{self.path.name} has no header line")
         return header
+
+    def _match_header(self, header: list[str]) -> FieldMap:
+        fields = match_fields(self.columns, header, self.settings["SCHEMA_DRIFT_THRESHOLD"])
+        in_file_order = [name for name in header if name in self.columns]
+        if in_file_order != [name for name in self.columns if name in header]:
+            fields.events.append({"kind": "reordered", "found": header, "action": "mapped by name"})
+        return fields
 
     @staticmethod
     def _continues(handle: BinaryIO, cursor: dict[str, Any], header_hash: str) -> bool:
@@ -141,7 +150,8 @@ class CsvSource(Source):
 
     def external_id(self, raw: RawCsvRecordMixin) -> str | None:
         """Return the row's first field, its id."""
-        return (raw.payload or {}).get(self.columns[0])
+        fields = FieldMap.from_dict(self._context.get("fields"))
+        return fields.get(raw.payload or {}, self.columns[0])
 
     def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
         """Find rows whose text repeats an earlier row of the same file generation."""
@@ -166,7 +176,10 @@ class CsvSource(Source):
             width = len(next(csv.reader([raw.raw_text], strict=False), []))
             expected = len(context["header"])
             raise InvalidValue(f"malformed row: expected {expected} fields, got {width}")
-        fields = {name: (raw.payload.get(name) or "").strip() for name in self.columns}
+        field_map = FieldMap.from_dict(context.get("fields"))
+        if field_map.missing:
+            raise InvalidValue("; ".join(field_map.missing.values()))
+        fields = {name: (field_map.get(raw.payload, name) or "").strip() for name in self.columns}
         if not fields[self.columns[0]]:
             raise InvalidValue(f"missing {self.columns[0]}")
         return self.row_observations(fields)
