@@ -29,7 +29,7 @@ case "$role" in
       # Queued for the workers (or run in-process without a broker); the API serves meanwhile.
       flask --app wsgi etl run --enqueue &
     fi
-    exec gunicorn --bind "0.0.0.0:${PORT:-8000}" --workers "${WEB_CONCURRENCY:-2}" \
+    exec gunicorn --bind "0.0.0.0:${PORT:-8000}" --workers "${WEB_CONCURRENCY:-2}" --no-control-socket \
       --access-logfile - --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" wsgi:app
     ;;
   worker)

@@ -2,11 +2,14 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = str(ROOT / "docker" / "entrypoint.sh")
@@ -83,3 +86,28 @@ class ManagedProcess:
 def worker_ready(log: str) -> bool:
     """Return whether a Celery worker's output says it is ready."""
     return " ready." in log
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventually(condition: Callable[[], object], timeout: float, what: str = "", interval=0.2):
+    """Return the first truthy ``condition()`` within ``timeout`` seconds, or raise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"{what or condition}: not within {timeout:g}s")
+
+
+def answers(url: str, **kwargs) -> bool:
+    """Return whether ``url`` answers 200 within two seconds."""
+    try:
+        return requests.get(url, timeout=2, **kwargs).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,38 +1,21 @@
 """Each role of docker/entrypoint.sh, started as the plain process a container would run."""
 
 import os
-import socket
 import subprocess
-import time
 
 import pytest
 import requests
 import sqlalchemy as sa
 
-from tests.processes import ENTRYPOINT, ManagedProcess, venv_path_env, worker_ready
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers(url: str, **kwargs) -> bool:
-    try:
-        return requests.get(url, timeout=2, **kwargs).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def eventually(check, timeout: float = 60, interval: float = 0.5):
-    """Return the first truthy result of ``check()`` within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"{check} did not hold within {timeout}s")
+from tests.processes import (
+    ENTRYPOINT,
+    ManagedProcess,
+    answers,
+    eventually,
+    free_port,
+    venv_path_env,
+    worker_ready,
+)
 
 
 @pytest.fixture
@@ -74,7 +57,7 @@ def test_api_role_migrates_serves_at_once_and_loads_data_in_the_background(
         done = {run["source"]: run["status"] for run in runs if run["status"] != "RUNNING"}
         return done if len(done) == 3 else None
 
-    assert eventually(finished_runs) == {
+    assert eventually(finished_runs, 60) == {
         "coingecko_api": "SUCCESS",
         "csv1": "SUCCESS",
         "csv2": "PARTIAL",
