@@ -35,14 +35,19 @@ task_soft_time_limit = _seconds("CELERY_TASK_SOFT_TIME_LIMIT", 1800)
 task_time_limit = task_soft_time_limit + 60
 # Redis redelivers an unacknowledged task after this long: it must exceed the longest run.
 # Workers look for such tasks every CELERY_UNACKED_RESTORE_SECONDS.
+# The scan holds a Redis mutex; a worker killed while holding it blocks scans until it expires.
+_restore_seconds = _seconds("CELERY_UNACKED_RESTORE_SECONDS", 60)
 broker_transport_options = {
     "visibility_timeout": _seconds("CELERY_VISIBILITY_TIMEOUT", task_time_limit + 600),
-    "unacked_restore_interval": _seconds("CELERY_UNACKED_RESTORE_SECONDS", 60),
+    "unacked_restore_interval": _restore_seconds,
     "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": max(10, 5 * _restore_seconds),
     "socket_connect_timeout": 5,
     "socket_timeout": 30,
 }
 redis_socket_connect_timeout = 5
+# The result backend gives up quickly too (its default is twenty tries a second apart).
+result_backend_transport_options = {"retry_policy": {"max_retries": 2, "interval_step": 0.5}}
 # Publishing gives up within about two seconds when the broker is down, so callers can say so.
 task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
 broker_connection_retry_on_startup = True

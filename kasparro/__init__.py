@@ -43,14 +43,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
-    """Bind the database, migrations, the OpenAPI object, the request limiter and CORS."""
-    from kasparro.extensions import api, db, limiter, migrate
+    """Bind the database, migrations, the OpenAPI object and CORS; configure request limits."""
+    from kasparro.extensions import api, db, migrate
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     api.init_app(app)
     app.config.update(
-        RATELIMIT_ENABLED=bool(app.config["PUBLIC_RATE_LIMIT"]),
         RATELIMIT_STORAGE_URI=app.config["REDIS_URL"] or "memory://",
         RATELIMIT_HEADERS_ENABLED=True,
         # Limits must never take the API down: without Redis they are kept in memory instead.
@@ -58,7 +57,6 @@ def register_extensions(app: Flask) -> None:
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         RATELIMIT_KEY_PREFIX="kasparro",
     )
-    limiter.init_app(app)
     if app.config["PROXY_FIX_X_FOR"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -71,13 +69,12 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per resource."""
-    from kasparro.extensions import api, limiter
+    from kasparro.extensions import api, init_limiter
     from kasparro.routes import data, etl, health, runs, stats
 
-    for module in (data, stats, runs):
-        limiter.limit(lambda: app.config["PUBLIC_RATE_LIMIT"] or "1000000/second")(module.blp)
     for module in (data, health, stats, runs, etl):
         api.register_blueprint(module.blp)
+    init_limiter(app, [data.blp, stats.blp, runs.blp])
 
 
 def register_request_hooks(app: Flask) -> None:

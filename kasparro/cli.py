@@ -5,15 +5,27 @@ import json
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from sqlalchemy.exc import SQLAlchemyError
 
-from kasparro.etl.pipeline import SourceBusy, run_source
+from kasparro.etl.pipeline import SourceBusy, describe_error, run_source
 from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
 from kasparro.models import Checkpoint
 from kasparro.queries import source_health
 from tasks.etl import dispatch_run
 
-etl_cli = AppGroup("etl", help="Run and inspect the ETL pipeline.")
+
+class EtlGroup(AppGroup):
+    """The ``etl`` commands; a database error ends one with a short message, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            raise click.ClickException(describe_error(exc)) from None
+
+
+etl_cli = EtlGroup("etl", help="Run and inspect the ETL pipeline.")
 
 
 def _counts(run) -> str:

@@ -11,6 +11,13 @@ from kasparro.models import RUN_STATUSES, RUN_TRIGGERS
 METRICS = tuple(metric for metric, _ in METRIC_FIELDS)
 MAX_PAGE_SIZE = 100
 MAX_PAGE = 1_000_000
+# Documents the header that answers 429 (Too Many Requests) carry.
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before the limit lets this client in again",
+        "schema": {"type": "integer"},
+    }
+}
 
 
 class AwareDateTime(fields.DateTime):
@@ -82,7 +89,12 @@ class UnifiedRecordSchema(Schema):
     source = fields.String(required=True)
     external_id = fields.String(required=True)
     name = fields.String(allow_none=True)
-    value = PlainDecimal(as_string=True, required=True, metadata={"description": "exact decimal"})
+    value = PlainDecimal(
+        as_string=True,
+        required=True,
+        # Sent as a string so no digit is lost; declared so (apispec would say "number").
+        metadata={"description": "exact decimal", "type": "string", "format": "decimal"},
+    )
     timestamp = fields.DateTime(required=True)
     asset_id = fields.String(allow_none=True)
     symbol = fields.String(allow_none=True)

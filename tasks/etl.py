@@ -9,6 +9,7 @@ from celery.utils import uuid
 from flask import current_app
 from kombu.exceptions import OperationalError
 
+from kasparro.celery_app import broker_reachable
 from kasparro.etl import pipeline
 from kasparro.etl.sources.base import SourceError
 from kasparro.extensions import db
@@ -37,14 +38,19 @@ def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
     run_id = pipeline.start_run(db.session, source, trigger, current_app.config, task_id)
     work = chain(extract.si(source, run_id).set(task_id=task_id), transform_and_upsert.s())
     try:
+        if broker_reachable(current_app.extensions["celery"]) is False:
+            raise OperationalError("no answer from the broker")
         work.apply_async()
     except OperationalError as exc:
         unavailable = BrokerUnavailable("the task queue is unreachable; no run was started")
         pipeline.fail_run(db.session, run_id, unavailable)
         raise unavailable from exc
     except Exception as exc:
-        pipeline.fail_run(db.session, run_id, exc)
-        raise
+        db.session.expire_all()
+        if db.session.get(EtlRun, run_id).status == "RUNNING":  # the chain never ran
+            pipeline.fail_run(db.session, run_id, exc)
+            raise
+        # Run eagerly (no broker), the chain's own failure is already recorded on the run.
     return run_id, task_id
 
 

@@ -1,7 +1,15 @@
 """A real HTTP server on loopback that imitates CoinGecko's ``/coins/markets``.
 
-It serves coins page by page, records every request it receives (headers included) and can be
-told to move prices between runs. Run it alone with ``python -m tests.coingecko_imitation``.
+It serves coins page by page, records every request it receives (headers, arrival time and the
+status it was answered with) and can be told to move prices between runs, or to misbehave:
+
+    imitation.fail_next(Fault(429, headers={"Retry-After": "1"}))  # the next request only
+    imitation.fail_page(2, Fault(503))                             # page 2, until cleared
+    imitation.fail_next(Fault(delay=0.6))                          # slow, then the page as usual
+
+One-shot faults are consumed first in, first out by the next markets requests, whatever their page;
+a page fault answers every request for that page until ``clear_faults()``. Run it alone with
+``python -m tests.coingecko_imitation``.
 """
 
 import argparse
@@ -9,7 +17,8 @@ import json
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -84,11 +93,28 @@ class QuietServer(ThreadingHTTPServer):
 
 @dataclass
 class RecordedRequest:
-    """What the imitation received."""
+    """What the imitation received, when (``time.monotonic()``), and the status it answered."""
 
     path: str
     query: dict[str, str]
     headers: dict[str, str]
+    at: float = 0.0
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One misbehaving answer: a status, headers, a body and its type, after a delay.
+
+    ``body=None`` with status 200 serves the page as usual (a slow but good answer, with
+    ``delay``); with another status it sends a small CoinGecko-style JSON error.
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | str | None = None
+    content_type: str = "application/json"
+    delay: float = 0.0
 
 
 class CoinGeckoImitation:
@@ -98,6 +124,8 @@ class CoinGeckoImitation:
         self.coins = coins if coins is not None else make_coins(len(KNOWN_COINS))
         self.requests: list[RecordedRequest] = []
         self.delay_seconds = 0.0
+        self.queued_faults: deque[Fault] = deque()
+        self.page_faults: dict[int, Fault] = {}
         self.lock = threading.Lock()
         self.server = QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
@@ -132,15 +160,52 @@ class CoinGeckoImitation:
         """Return the requests made to the markets path."""
         return [r for r in self.requests if r.path == MARKETS_PATH]
 
+    def fail_next(self, *faults: Fault) -> None:
+        """Answer the next markets requests with ``faults``, one each, in order."""
+        with self.lock:
+            self.queued_faults.extend(faults)
+
+    def fail_page(self, page: int, fault: Fault | None) -> None:
+        """Answer every request for ``page`` with ``fault``; ``None`` lets the page through."""
+        with self.lock:
+            if fault is None:
+                self.page_faults.pop(page, None)
+            else:
+                self.page_faults[page] = fault
+
+    def clear_faults(self) -> None:
+        """Drop every queued and per-page fault."""
+        with self.lock:
+            self.queued_faults.clear()
+            self.page_faults.clear()
+
+    def _next_fault(self, page: int) -> Fault | None:
+        with self.lock:
+            if self.queued_faults:
+                return self.queued_faults.popleft()
+            return self.page_faults.get(page)
+
     def respond(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """Return status, headers and body for one markets request, after any set delay."""
         time.sleep(self.delay_seconds)
         per_page = int(query.get("per_page", 100))
         page = int(query.get("page", 1))
-        with self.lock:
-            chunk = self.coins[(page - 1) * per_page : page * per_page]
-            body = json.dumps(chunk).encode()
-        return 200, {"Content-Type": "application/json"}, body
+        fault = self._next_fault(page)
+        if fault is not None:
+            time.sleep(fault.delay)
+        if fault is None or (fault.status == 200 and fault.body is None):
+            with self.lock:
+                chunk = self.coins[(page - 1) * per_page : page * per_page]
+                body = json.dumps(chunk).encode()
+            headers = {"Content-Type": "application/json"}
+            return 200, {**headers, **(fault.headers if fault else {})}, body
+        body = fault.body
+        if body is None:
+            error = {"status": {"error_code": fault.status, "error_message": "imitated fault"}}
+            body = json.dumps(error)
+        if isinstance(body, str):
+            body = body.encode()
+        return fault.status, {"Content-Type": fault.content_type, **fault.headers}, body
 
     def _handler(self):
         imitation = self
@@ -149,12 +214,14 @@ class CoinGeckoImitation:
             def do_GET(self):
                 parts = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+                recorded = RecordedRequest(
+                    parts.path,
+                    query,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    at=time.monotonic(),
+                )
                 with imitation.lock:
-                    imitation.requests.append(
-                        RecordedRequest(
-                            parts.path, query, {k.lower(): v for k, v in self.headers.items()}
-                        )
-                    )
+                    imitation.requests.append(recorded)
                 if parts.path != MARKETS_PATH:
                     status, headers, body = (
                         404,
@@ -163,6 +230,7 @@ class CoinGeckoImitation:
                     )
                 else:
                     status, headers, body = imitation.respond(query)
+                recorded.status = status
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.load import insert_for
+from kasparro.etl.load import insert_many
 from kasparro.etl.sources.base import KnownAsset, Observation
 from kasparro.models import Asset
 
@@ -75,15 +75,16 @@ def upsert_assets(session: Session, assets: Iterable[KnownAsset], origin: str) -
     }
     if not rows:
         return
-    insert = insert_for(session)(Asset)
-    if origin == "seed":
-        statement = insert.on_conflict_do_nothing(index_elements=["id"])
-    else:
-        statement = insert.on_conflict_do_update(
-            index_elements=["id"],
-            set_={col: insert.excluded[col] for col in ("symbol", "name", "origin", "updated_at")},
+
+    def on_conflict(insert):
+        if origin == "seed":
+            return insert.on_conflict_do_nothing(index_elements=["id"])
+        refreshed = ("symbol", "name", "origin", "updated_at")
+        return insert.on_conflict_do_update(
+            index_elements=["id"], set_={col: insert.excluded[col] for col in refreshed}
         )
-    session.execute(statement, list(rows.values()))
+
+    insert_many(session, Asset, list(rows.values()), on_conflict)
 
 
 def read_seed(path: str | Path) -> list[KnownAsset]:

@@ -117,8 +117,9 @@ class JsonClient:
                     raise SourceError(f"{where} answered HTTP {response.status_code}")
                 reason = f"HTTP {response.status_code}"
                 wait = self.policy.backoff(attempt)
-                if response.status_code == 429:
-                    wait = server_wait_seconds(response.headers) or wait
+                asked = server_wait_seconds(response.headers)
+                if response.status_code == 429 and asked is not None:
+                    wait = asked
             spent = self.clock() - started
             if attempt == self.policy.max_attempts or spent + wait > self.policy.max_total_seconds:
                 raise SourceError(

@@ -1,5 +1,6 @@
 """Set-based writes that work on PostgreSQL and SQLite alike: raw inserts, upserts, rejects."""
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,37 @@ UNIFIED_TRACKED = ("value", "asset_id", "symbol", "name", "currency")
 def insert_for(session: Session) -> Callable[..., Any]:
     """Return the dialect's INSERT construct, the one that knows ON CONFLICT."""
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def insert_many(
+    session: Session,
+    model: type,
+    rows: list[dict[str, Any]],
+    finish: Callable[[Any], Any],
+) -> sa.Result:
+    """Insert ``rows`` in one statement; ``finish`` adds the ON CONFLICT and RETURNING clauses.
+
+    On PostgreSQL the rows travel as one array per column, unnested server-side: a few
+    parameters instead of one per value, which a large batch needs (four times faster for a
+    thousand rows than a multi-row VALUES). SQLite takes the rows as a multi-row VALUES.
+    """
+    insert = insert_for(session)(model)
+    if session.get_bind().dialect.name != "postgresql":
+        return session.execute(finish(insert), rows)
+    table = model.__table__
+    columns = list(rows[0])
+    arrays = [_unnest(table.c[column], [row[column] for row in rows]) for column in columns]
+    return session.execute(finish(insert.from_select(columns, sa.select(*arrays))))
+
+
+def _unnest(column: sa.Column, values: list[Any]) -> sa.ColumnElement:
+    # JSON travels as text: psycopg cannot adapt a list of dicts to json[].
+    if isinstance(column.type, sa.JSON):
+        texts = [json.dumps(value) for value in values]
+        array = sa.cast(sa.bindparam(f"column_{column.name}", texts), postgresql.ARRAY(sa.Text))
+        return sa.cast(sa.func.unnest(array), column.type)
+    array = sa.cast(sa.bindparam(f"column_{column.name}", values), postgresql.ARRAY(column.type))
+    return sa.func.unnest(array)
 
 
 def insert_raw(
@@ -41,12 +73,15 @@ def insert_raw(
         }
         for key, row in unique.items()
     ]
-    statement = (
-        insert_for(session)(model)
-        .on_conflict_do_nothing(index_elements=["record_key"])
-        .returning(model.record_key)
+    result = insert_many(
+        session,
+        model,
+        values,
+        lambda insert: insert.on_conflict_do_nothing(index_elements=["record_key"]).returning(
+            model.record_key
+        ),
     )
-    return set(session.scalars(statement, values))
+    return set(result.scalars())
 
 
 @dataclass
@@ -59,50 +94,45 @@ class UpsertCounts:
 
 
 def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts:
-    """Upsert observations on their natural key; duplicates within the batch collapse first."""
-    latest = {tuple(row[col] for col in UNIFIED_KEY): row for row in rows}
+    """Upsert observations on their natural key in one statement; count what it did.
+
+    Duplicates within the batch collapse first (the last wins). A stored row is rewritten only
+    when a tracked value differs, and RETURNING yields just the rows written. A returned
+    ``ingested_at`` equal to this batch's stamp means inserted: an update keeps the original.
+    """
+    stamp = utcnow()
+    latest = {tuple(row[col] for col in UNIFIED_KEY): {**row, "ingested_at": stamp} for row in rows}
     if not latest:
         return UpsertCounts()
-    key_columns = [getattr(UnifiedRecord, col) for col in UNIFIED_KEY]
-    tracked_columns = [getattr(UnifiedRecord, col) for col in UNIFIED_TRACKED]
-    stored = {
-        tuple(found[: len(UNIFIED_KEY)]): tuple(found[len(UNIFIED_KEY) :])
-        for found in session.execute(
-            sa.select(*key_columns, *tracked_columns).where(
-                sa.tuple_(*key_columns).in_(list(latest))
-            )
-        )
-    }
-    counts = UpsertCounts(unchanged=len(rows) - len(latest))
-    writes = []
-    for key, row in latest.items():
-        if key not in stored:
-            counts.inserted += 1
-        elif stored[key] != tuple(row[col] for col in UNIFIED_TRACKED):
-            counts.updated += 1
-        else:
-            counts.unchanged += 1
-            continue
-        writes.append(row)
-    if writes:
-        insert = insert_for(session)(UnifiedRecord)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=list(UNIFIED_KEY),
-                set_={col: insert.excluded[col] for col in (*UNIFIED_TRACKED, "run_id", "raw_id")},
-            ),
-            writes,
-        )
-    return counts
+    table = UnifiedRecord.__table__
+
+    def upsert(insert):
+        changed = (table.c[col].is_distinct_from(insert.excluded[col]) for col in UNIFIED_TRACKED)
+        return insert.on_conflict_do_update(
+            index_elements=list(UNIFIED_KEY),
+            set_={col: insert.excluded[col] for col in (*UNIFIED_TRACKED, "run_id", "raw_id")},
+            where=sa.or_(*changed),
+        ).returning(UnifiedRecord.ingested_at)
+
+    written = insert_many(session, UnifiedRecord, list(latest.values()), upsert).scalars().all()
+    inserted = sum(1 for ingested_at in written if ingested_at == stamp)
+    return UpsertCounts(
+        inserted=inserted,
+        updated=len(written) - inserted,
+        unchanged=len(rows) - len(written),
+    )
 
 
 def insert_rejections(session: Session, rows: list[dict[str, Any]]) -> int:
     """Record rejected rows once each; return how many were new."""
     if not rows:
         return 0
-    statement = (
-        insert_for(session)(RejectedRecord)
-        .on_conflict_do_nothing(index_elements=["source", "record_key"])
-        .returning(RejectedRecord.id)
+    result = insert_many(
+        session,
+        RejectedRecord,
+        rows,
+        lambda insert: insert.on_conflict_do_nothing(
+            index_elements=["source", "record_key"]
+        ).returning(RejectedRecord.id),
     )
-    return len(session.scalars(statement, rows).all())
+    return len(result.scalars().all())

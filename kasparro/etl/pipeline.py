@@ -207,7 +207,7 @@ def transform_and_upsert(
 
 
 def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolver):
-    known = [asset for raw in raws for asset in source.known_assets(raw)]
+    known = [asset for raw in raws for asset in source.known_assets(raw, context)]
     upsert_assets(session, known, origin="coingecko")
     for asset in known:
         resolver.add(asset.id, asset.symbol, asset.name)
@@ -247,7 +247,6 @@ def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolv
                     "value": observation.value,
                     "currency": observation.currency,
                     "timestamp": observation.timestamp,
-                    "ingested_at": utcnow(),
                     "run_id": run.id,
                     "raw_id": raw.id,
                 }

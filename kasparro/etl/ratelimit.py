@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable
 
 import redis
+import structlog
 
+log = structlog.get_logger(__name__)
 _RESERVE_SLOT = """
 local now = redis.call('TIME')
 local now_s = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -68,9 +70,17 @@ class RedisPacer(CallPacer):
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.script = self.client.register_script(_RESERVE_SLOT)
         self.key = f"kasparro:ratelimit:{name}"
+        self.fallback = LocalPacer(name, calls_per_minute, sleep)
 
     def _reserve(self) -> float:
-        return float(self.script(keys=[self.key], args=[self.interval]))
+        try:
+            return float(self.script(keys=[self.key], args=[self.interval]))
+        except redis.RedisError as exc:
+            # Without Redis, pace this process alone rather than stop the run.
+            log.warning(
+                "etl.ratelimit.redis_unavailable", source=self.name, error=type(exc).__name__
+            )
+            return self.fallback._reserve()
 
     def close(self) -> None:
         """Close the Redis connection pool."""

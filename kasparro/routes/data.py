@@ -4,10 +4,11 @@ import time
 
 from flask import g
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor, page_unified_records
-from kasparro.schemas import DataPageSchema, DataQuerySchema
+from kasparro.schemas import RETRY_AFTER, DataPageSchema, DataQuerySchema
 
 blp = Blueprint("data", __name__, description="Unified market observations")
 
@@ -15,6 +16,10 @@ blp = Blueprint("data", __name__, description="Unified market observations")
 @blp.route("/data")
 @blp.arguments(DataQuerySchema, location="query")
 @blp.response(200, DataPageSchema)
+@blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
+@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
+@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
+@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_data(args):
     """List observations, newest first, by page or by cursor."""
     started = time.perf_counter()

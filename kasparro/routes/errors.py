@@ -54,6 +54,12 @@ def init_error_handling(app: Flask) -> None:
     def forget_request_id(exc):
         structlog.contextvars.clear_contextvars()
 
+    @app.errorhandler(405)
+    def method_not_allowed(exc):
+        body, status = error_body(405, f"{request.method} is not allowed here")
+        body.headers["Allow"] = ", ".join(sorted(exc.valid_methods or ()))
+        return body, status
+
     @app.errorhandler(429)
     def too_many_requests(exc):
         return error_body(429, f"too many requests ({exc.description}); retry after Retry-After")

@@ -4,6 +4,7 @@ import hmac
 
 from flask import current_app, request
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.etl.pipeline import SourceBusy
 from kasparro.schemas import EtlRunRequestSchema, EtlRunResponseSchema
@@ -31,10 +32,16 @@ def require_admin_token() -> None:
 @blp.route("/etl/run", methods=["POST"])
 @blp.arguments(EtlRunRequestSchema, required=False)
 @blp.response(202, EtlRunResponseSchema)
-@blp.alt_response(401, description="No bearer token")
-@blp.alt_response(403, description="Wrong bearer token")
+@blp.alt_response(400, schema=ErrorSchema, description="The body is not valid JSON")
+@blp.alt_response(401, schema=ErrorSchema, description="No bearer token")
+@blp.alt_response(403, schema=ErrorSchema, description="Wrong bearer token")
 @blp.alt_response(409, schema=EtlRunResponseSchema, description="Every source is already running")
-@blp.alt_response(503, description="Run control is disabled (no ETL_ADMIN_TOKEN), or no broker")
+@blp.alt_response(
+    503,
+    schema=ErrorSchema,
+    description="Run control is disabled (no ETL_ADMIN_TOKEN), the task queue is unreachable, "
+    "or the database is unreachable",
+)
 def start_runs(body):
     """Start a run of each requested source (default all); in-process when there is no broker."""
     require_admin_token()

@@ -2,10 +2,11 @@
 
 import sqlalchemy as sa
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.models import EtlRun
-from kasparro.schemas import RunListSchema, RunSchema, RunsQuerySchema
+from kasparro.schemas import RETRY_AFTER, RunListSchema, RunSchema, RunsQuerySchema
 
 blp = Blueprint("runs", __name__, description="The ETL run log")
 MAX_RUN_ID = 2**31 - 1  # etl_runs.id is a 32-bit integer
@@ -14,6 +15,9 @@ MAX_RUN_ID = 2**31 - 1  # etl_runs.id is a 32-bit integer
 @blp.route("/runs")
 @blp.arguments(RunsQuerySchema, location="query")
 @blp.response(200, RunListSchema)
+@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
+@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
+@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_runs(args):
     """List runs, newest first."""
     query = sa.select(EtlRun).order_by(EtlRun.id.desc()).limit(args["limit"])
@@ -25,6 +29,9 @@ def list_runs(args):
 
 @blp.route("/runs/<int:run_id>")
 @blp.response(200, RunSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No run has this id")
+@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
+@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_run(run_id):
     """Show one run: status, counts, checkpoints and error."""
     run = db.session.get(EtlRun, run_id) if run_id <= MAX_RUN_ID else None

@@ -1,16 +1,19 @@
 """``GET /stats``: per-source totals and run history."""
 
 from flask_smorest import Blueprint
+from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import source_stats
-from kasparro.schemas import StatsSchema
+from kasparro.schemas import RETRY_AFTER, StatsSchema
 
 blp = Blueprint("stats", __name__, description="Per-source statistics")
 
 
 @blp.route("/stats")
 @blp.response(200, StatsSchema)
+@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
+@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_stats():
     """Report every source's records, runs, and last success and failure."""
     sources = source_stats(db.session)

@@ -88,7 +88,7 @@ class Source(ABC):
         """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
         return {}
 
-    def known_assets(self, raw: RawRecordMixin) -> list[KnownAsset]:
+    def known_assets(self, raw: RawRecordMixin, context: dict[str, Any]) -> list[KnownAsset]:
         """Return the coin identities this record vouches for (only an authoritative source)."""
         return []
 

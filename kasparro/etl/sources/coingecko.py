@@ -177,12 +177,13 @@ class CoinGeckoSource(Source):
             raise InvalidValue("coin has no price, market cap or volume")
         return observations
 
-    def known_assets(self, raw: RawApiRecord) -> list[KnownAsset]:
+    def known_assets(self, raw: RawApiRecord, context: dict[str, Any]) -> list[KnownAsset]:
         """Return the coin's own identity: CoinGecko is the authority on its ids."""
         coin = raw.payload
         if not isinstance(coin, dict) or not raw.external_id:
             return []
-        symbol, name = coin.get("symbol"), coin.get("name")
+        fields = FieldMap.from_dict(context.get("fields"))
+        symbol, name = fields.get(coin, "symbol"), fields.get(coin, "name")
         if not isinstance(symbol, str) or not isinstance(name, str):
             return []
         return [KnownAsset(id=raw.external_id, symbol=symbol.lower()[:50], name=name[:200])]
