@@ -127,7 +127,7 @@ def run_benchmarks(url: str, tmp: Path, args) -> None:
             ("/data first page", "/data?page_size=100"),
             ("/data page 1000 by offset", "/data?page_size=100&page=1000"),
             ("/data asset filter", "/data?asset=asset-7&page_size=100"),
-            ("/data asset + since", "/data?asset=asset-7&since=2024-01-05T00:00:00Z"),
+            ("/data asset + since", "/data?asset=asset-7&since=2024-01-02T00:00:00Z"),
             ("/data metric + source", "/data?metric=price_usd&source=csv2&page_size=100"),
         ):
             latency, body = timed(client, query)

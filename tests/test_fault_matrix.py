@@ -199,50 +199,34 @@ def test_connection_refused_is_retried_to_the_cap_then_fails_leaving_the_checkpo
     assert logged == [(SOURCE, n, "cannot connect (ConnectionError)") for n in range(1, 5)]
 
 
-def test_a_4xx_other_than_429_fails_at_once_leaving_the_checkpoint(
-    app, coingecko, run_etl, loaded_once, capfd
+@pytest.mark.parametrize(
+    ("fault", "error_part"),
+    [
+        (Fault(401), "page 1 answered HTTP 401"),
+        (
+            Fault(200, body='[{"id": "bitcoin", "current_price": 87'),
+            "page 1 answered with a body that is not valid JSON",
+        ),
+        (
+            Fault(200, body=HTML_PAGE, content_type="text/html; charset=utf-8"),
+            "page 1 answered text/html; charset=utf-8, not JSON",
+        ),
+        (
+            Fault(200, body='{"status": {"error_code": 0}}'),
+            "page 1 answered with a JSON dict, not a list",
+        ),
+    ],
+    ids=["4xx-other-than-429", "malformed-json", "html-page-with-200", "json-object-not-list"],
+)
+def test_an_answer_that_cannot_improve_fails_at_once_leaving_the_checkpoint(
+    app, coingecko, run_etl, loaded_once, capfd, fault, error_part
 ):
-    coingecko.fail_next(Fault(401))
+    coingecko.fail_next(fault)
 
     run = run_etl(SOURCE)[SOURCE]
 
-    assert_failed_untouched(run, loaded_once, "page 1 answered HTTP 401")
-    assert [r.status for r in coingecko.page_requests()] == [200, 401]
-    assert retries(capfd) == []
-
-
-def test_malformed_json_fails_at_once_leaving_the_checkpoint(
-    app, coingecko, run_etl, loaded_once, capfd
-):
-    coingecko.fail_next(Fault(200, body='[{"id": "bitcoin", "current_price": 87'))
-
-    run = run_etl(SOURCE)[SOURCE]
-
-    assert_failed_untouched(run, loaded_once, "page 1 answered with a body that is not valid JSON")
-    assert len(coingecko.page_requests()) == 2
-    assert retries(capfd) == []
-
-
-def test_an_html_error_page_with_status_200_fails_at_once_leaving_the_checkpoint(
-    app, coingecko, run_etl, loaded_once, capfd
-):
-    coingecko.fail_next(Fault(200, body=HTML_PAGE, content_type="text/html; charset=utf-8"))
-
-    run = run_etl(SOURCE)[SOURCE]
-
-    assert_failed_untouched(run, loaded_once, "page 1 answered text/html; charset=utf-8, not JSON")
-    assert len(coingecko.page_requests()) == 2
-    assert retries(capfd) == []
-
-
-def test_a_json_object_instead_of_a_list_fails_at_once_leaving_the_checkpoint(
-    app, coingecko, run_etl, loaded_once, capfd
-):
-    coingecko.fail_next(Fault(200, body='{"status": {"error_code": 0}}'))
-
-    run = run_etl(SOURCE)[SOURCE]
-
-    assert_failed_untouched(run, loaded_once, "page 1 answered with a JSON dict, not a list")
+    assert_failed_untouched(run, loaded_once, error_part)
+    assert [r.status for r in coingecko.page_requests()] == [200, fault.status]
     assert retries(capfd) == []
 
 
