@@ -6,7 +6,7 @@ FLASK := $(BIN)/flask --app wsgi
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format services smoke up down logs clean
+.PHONY: run test lint format services smoke bench up down logs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ services:
 ## smoke: start the whole stack as local processes, run it, kill a worker mid-run, report
 smoke: $(VENV)/.dev services
 	$(BIN)/python scripts/smoke.py
+
+## bench: measure ETL throughput and memory, and /data latency over a million rows (PostgreSQL)
+bench: $(VENV)/.dev services
+	$(BIN)/python scripts/bench.py
 
 ## up: build and start the docker compose stack (needs .env with the secrets; see .env.example)
 up:
