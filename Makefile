@@ -24,7 +24,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.runtime
 	$(FLASK) db upgrade
 	-$(FLASK) etl run
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 --no-control-socket --access-logfile - wsgi:app
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 --no-control-socket --timeout 600 wsgi:app
 
 ## test: lint, then the whole suite against SQLite and PostgreSQL (starts services if needed)
 test: $(VENV)/.dev services lint

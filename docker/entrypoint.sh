@@ -29,8 +29,10 @@ case "$role" in
       # Queued for the workers (or run in-process without a broker); the API serves meanwhile.
       flask --app wsgi etl run --enqueue &
     fi
+    # The app logs every request itself, structured and redacted: no second access log.
     exec gunicorn --bind "0.0.0.0:${PORT:-8000}" --workers "${WEB_CONCURRENCY:-2}" --no-control-socket \
-      --access-logfile - --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" wsgi:app
+      --timeout "${GUNICORN_TIMEOUT:-120}" --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
+      wsgi:app
     ;;
   worker)
     exec celery -A wsgi.celery_app worker --loglevel "${LOG_LEVEL:-INFO}" \

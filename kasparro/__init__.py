@@ -74,7 +74,7 @@ def register_blueprints(app: Flask) -> None:
 
     for module in (data, health, stats, runs, etl):
         api.register_blueprint(module.blp)
-    init_limiter(app, [data.blp, stats.blp, runs.blp])
+    init_limiter(app, [data.blp, stats.blp, runs.blp, etl.blp])
 
 
 def register_request_hooks(app: Flask) -> None:

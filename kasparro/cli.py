@@ -12,7 +12,7 @@ from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
 from kasparro.models import Checkpoint
 from kasparro.queries import source_health
-from tasks.etl import dispatch_run
+from tasks.etl import BrokerUnavailable, dispatch_run
 
 
 class EtlGroup(AppGroup):
@@ -75,6 +75,8 @@ def _enqueue(sources) -> None:
     for name in sources:
         try:
             run_id, task_id = dispatch_run(name, "cli")
+        except BrokerUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
         except SourceBusy as busy:
             click.echo(f"{name:<14} run {busy.skipped_run_id:<5} SKIPPED  {busy}")
             continue

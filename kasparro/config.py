@@ -100,6 +100,8 @@ def secret_values(config) -> list[str]:
         config.get("SQLALCHEMY_DATABASE_URI", ""),
         celery.get("broker_url") or os.environ.get("CELERY_BROKER_URL", ""),
         celery.get("result_backend") or os.environ.get("CELERY_RESULT_BACKEND", ""),
+        config.get("REDIS_URL", ""),
+        config.get("API_SOURCE_URL", ""),
     ]
     secrets = [
         config.get("API_KEY", ""),

@@ -99,7 +99,10 @@ def page_unified_records(session: Session, args: dict[str, Any]) -> RecordPage:
 
 
 def _last_runs(session: Session) -> dict[str, EtlRun]:
-    newest = sa.select(sa.func.max(EtlRun.id)).group_by(EtlRun.source)
+    # A SKIPPED attempt did no work: the run it collided with is the one that tells the state.
+    newest = (
+        sa.select(sa.func.max(EtlRun.id)).where(EtlRun.status != "SKIPPED").group_by(EtlRun.source)
+    )
     return {
         run.source: run for run in session.scalars(sa.select(EtlRun).where(EtlRun.id.in_(newest)))
     }

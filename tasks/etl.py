@@ -1,5 +1,6 @@
 """The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and how runs start."""
 
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -11,17 +12,10 @@ from kombu.exceptions import OperationalError
 
 from kasparro.celery_app import broker_reachable
 from kasparro.etl import pipeline
-from kasparro.etl.sources.base import SourceError
 from kasparro.extensions import db
 from kasparro.models import EtlRun
 
 log = structlog.get_logger(__name__)
-EXTRACT_MAX_RETRIES = 3
-
-
-def retry_delay(attempt: int) -> int:
-    """Return seconds to wait before retry ``attempt`` (0-based): 2, 4, 8..."""
-    return 2 ** (attempt + 1)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -54,6 +48,16 @@ def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
     return run_id, task_id
 
 
+@contextmanager
+def _failing_run_on_error(run_id: int):
+    # Every failure is recorded on the run before the task itself fails.
+    try:
+        yield
+    except Exception as exc:
+        pipeline.fail_run(db.session, run_id, exc)
+        raise
+
+
 def _ensure_running(run_id: int) -> None:
     # A task delivered again after its run finished (or was closed as abandoned) does nothing.
     run = db.session.get(EtlRun, run_id)
@@ -62,44 +66,27 @@ def _ensure_running(run_id: int) -> None:
         raise Ignore()
 
 
-@shared_task(name="etl.extract", bind=True, max_retries=EXTRACT_MAX_RETRIES)
-def extract(self, source: str, run_id: int) -> dict[str, Any]:
-    """Extract ``source`` into its raw table for run ``run_id``; retry transient failures."""
+@shared_task(name="etl.extract")
+def extract(source: str, run_id: int) -> dict[str, Any]:
+    """Extract ``source`` into its raw table for run ``run_id``.
+
+    Transient upstream failures are retried inside the extraction, with backoff, jitter and a
+    budget (kasparro.etl.http_client); what still fails here fails the run.
+    """
     _ensure_running(run_id)
-    try:
+    with _failing_run_on_error(run_id):
         return pipeline.extract(db.session, run_id, current_app.config)
-    except SourceError as exc:
-        if exc.transient and self.request.retries < self.max_retries:
-            db.session.rollback()
-            delay = retry_delay(self.request.retries)
-            log.warning(
-                "etl.extract.retry",
-                source=source,
-                run_id=run_id,
-                attempt=self.request.retries + 1,
-                reason=str(exc),
-                wait_seconds=delay,
-            )
-            raise self.retry(exc=exc, countdown=delay) from None
-        pipeline.fail_run(db.session, run_id, exc)
-        raise
-    except Exception as exc:
-        pipeline.fail_run(db.session, run_id, exc)
-        raise
 
 
-@shared_task(name="etl.transform_and_upsert", bind=True)
-def transform_and_upsert(self, extracted: dict[str, Any]) -> dict[str, Any]:
+@shared_task(name="etl.transform_and_upsert")
+def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
     """Transform the run's raw rows into unified rows and finish the run."""
     run_id = extracted["run_id"]
     _ensure_running(run_id)
-    try:
+    with _failing_run_on_error(run_id):
         status = pipeline.transform_and_upsert(
             db.session, run_id, extracted["context"], current_app.config
         )
-    except Exception as exc:
-        pipeline.fail_run(db.session, run_id, exc)
-        raise
     return {"run_id": run_id, "status": status}
 
 

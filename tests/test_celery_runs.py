@@ -9,7 +9,15 @@ import pytest
 import sqlalchemy as sa
 
 import celeryconfig
-from kasparro.etl.pipeline import SourceBusy, run_source, start_run
+from kasparro.etl.pipeline import (
+    RunAbandoned,
+    SourceBusy,
+    extract,
+    fail_run,
+    run_source,
+    start_run,
+    transform_and_upsert,
+)
 from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
 from kasparro.models import EtlRun, RawApiRecord, UnifiedRecord
@@ -252,3 +260,38 @@ def test_celery_settings_make_redelivery_safe():
         celeryconfig.broker_transport_options["visibility_timeout"] > celeryconfig.task_time_limit
     )
     assert celeryconfig.accept_content == ["json"]
+
+
+def test_a_run_closed_as_abandoned_cannot_commit_another_batch(app, run_etl, csv_paths):
+    abandoned = start_run(db.session, "csv1", "cli", app.config)
+    extracted = extract(db.session, abandoned, app.config)
+    db.session.get(EtlRun, abandoned).heartbeat_at -= timedelta(hours=1)
+    db.session.commit()
+    successor = run_etl("csv1")["csv1"]  # takes over: closes the silent run as FAILED
+
+    with pytest.raises(RunAbandoned):
+        transform_and_upsert(db.session, abandoned, extracted["context"], app.config)
+    fail_run(db.session, abandoned, RunAbandoned("late"))
+
+    assert successor.status == "SUCCESS"
+    closed = db.session.get(EtlRun, abandoned)
+    assert closed.status == "FAILED"
+    assert closed.error.startswith("abandoned: no progress since ")
+    assert closed.inserted == 0
+    count = db.session.scalar(sa.select(sa.func.count()).select_from(UnifiedRecord))
+    assert count == successor.inserted == 14
+
+
+def test_a_skipped_attempt_does_not_hide_the_failure_of_the_run_it_met(app, client, csv_paths):
+    app.config["ETL_ADMIN_TOKEN"] = ADMIN_TOKEN
+    running = start_run(db.session, "csv1", "schedule", app.config)
+    assert client.post("/etl/run", json={"sources": ["csv1"]}, headers=AUTH).status_code == 409
+    fail_run(db.session, running, RuntimeError("disk full"))
+
+    health = client.get("/health").get_json()
+    stats = client.get("/stats").get_json()["sources"]["csv1"]
+
+    assert health["status"] == "degraded"
+    assert health["sources"]["csv1"]["status"] == "FAILED"
+    assert (stats["last_status"], stats["last_run"]["id"]) == ("FAILED", running)
+    assert stats["run_counts"] == {"FAILED": 1, "SKIPPED": 1}

@@ -1,5 +1,6 @@
 """The CSV sources end to end: idempotence, appends, replaced files, bad rows, crash and resume."""
 
+import pytest
 import sqlalchemy as sa
 
 from kasparro.extensions import db
@@ -215,3 +216,66 @@ def test_a_header_missing_columns_rejects_its_rows_with_the_reason(run_etl, csv_
         "field 'timestamp' is missing; closest is 'label' at 0.14"
     )
     assert [event["kind"] for event in run.details["drift"]] == ["missing", "missing", "unexpected"]
+
+
+def test_a_last_line_still_being_written_is_read_once_it_is_complete(run_etl, csv_paths):
+    write(csv_paths["CSV1_PATH"], CSV1_HEADER + "ethereum,Ethereum,1.", mode="w")
+
+    first = run_etl("csv1")["csv1"]
+    write(csv_paths["CSV1_PATH"], "5,2025-12-27T10:46:21Z\n", mode="a")
+    second = run_etl("csv1")["csv1"]
+
+    assert (first.status, first.rows_read) == ("SUCCESS", 0)
+    assert (second.status, second.rows_read, second.inserted, second.rejected) == (
+        "SUCCESS",
+        1,
+        1,
+        0,
+    )
+    assert [(key[0], str(key[3])) for key in unified_keys("csv1")] == [("ethereum", "1.5")]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ('bitcoin,"Bitcoin,1,2025-12-27T10:46:21Z\n', "malformed row: expected 4 fields, got 2"),
+        ("bitcoin,Bit\rcoin,1,2025-12-27T10:46:21Z\n", "malformed row: not valid CSV"),
+        ("bitcoin,Bitcoin,1,12/27/2025 25:00\n", "not a time of day: '12/27/2025 25:00'"),
+        ("bitcoin,Bitcoin,1,0001-01-01T00:00:00+14:00\n", "timestamp out of range"),
+    ],
+    ids=["stray-quote", "bare-carriage-return", "hour-25", "date-overflow"],
+)
+def test_a_row_no_parser_can_read_is_rejected_and_never_blocks_the_file(
+    run_etl, csv_paths, bad_line, reason
+):
+    good = "tether,Tether,0.9995,2025-12-27T10:46:21Z\n"
+    write(csv_paths["CSV1_PATH"], CSV1_HEADER + bad_line + good + good.replace("tether", "usdt"))
+
+    run = run_etl("csv1")["csv1"]
+
+    assert (run.status, run.inserted, run.rejected) == ("PARTIAL", 2, 1)
+    assert reason in db.session.scalar(sa.select(RejectedRecord.reason))
+    again = run_etl("csv1")["csv1"]
+    assert (again.status, again.rows_read) == ("SUCCESS", 0)
+
+
+def test_an_observation_restated_in_one_batch_keeps_the_later_value_and_counts_an_update(
+    run_etl, csv_paths
+):
+    write(
+        csv_paths["CSV1_PATH"],
+        CSV1_HEADER
+        + "bitcoin,Bitcoin,100,2025-12-27T10:46:21Z\n"
+        + "bitcoin,Bitcoin,200,2025-12-27T10:46:21Z\n",
+    )
+
+    run = run_etl("csv1")["csv1"]
+
+    assert (run.status, run.rows_read, run.inserted, run.updated, run.unchanged) == (
+        "SUCCESS",
+        2,
+        1,
+        1,
+        0,
+    )
+    assert [str(key[3]) for key in unified_keys("csv1")] == ["200"]

@@ -96,7 +96,8 @@ class UpsertCounts:
 def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts:
     """Upsert observations on their natural key in one statement; count what it did.
 
-    Duplicates within the batch collapse first (the last wins). A stored row is rewritten only
+    Rows of the batch with the same key collapse first: the last one wins, as it would over a
+    stored row, and the ones it supersedes count as updated. A stored row is rewritten only
     when a tracked value differs, and RETURNING yields just the rows written. A returned
     ``ingested_at`` equal to this batch's stamp means inserted: an update keeps the original.
     """
@@ -116,10 +117,11 @@ def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts
 
     written = insert_many(session, UnifiedRecord, list(latest.values()), upsert).scalars().all()
     inserted = sum(1 for ingested_at in written if ingested_at == stamp)
+    superseded = len(rows) - len(latest)  # an earlier row of this batch, restated by a later one
     return UpsertCounts(
         inserted=inserted,
-        updated=len(written) - inserted,
-        unchanged=len(rows) - len(written),
+        updated=len(written) - inserted + superseded,
+        unchanged=len(latest) - len(written),
     )
 
 

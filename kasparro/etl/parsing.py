@@ -89,7 +89,10 @@ def parse_timestamp(raw: object) -> datetime:
         raise InvalidValue(f"unrecognised timestamp: {_clip(text)!r}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    parsed = parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidValue(f"timestamp out of range: {_clip(text)!r}") from None
     if not 2009 <= parsed.year <= 2100:
         raise InvalidValue(f"timestamp out of range: {_clip(text)!r}")
     return parsed
@@ -120,7 +123,10 @@ def _parse_slash(text: str) -> datetime | None:
         raise InvalidValue(f"ambiguous date, day and month could be swapped: {text!r}")
     if not readings:
         raise InvalidValue(f"not a calendar date: {text!r}")
-    clock = time.fromisoformat(match["time"].zfill(5)) if match["time"] else time()
+    try:
+        clock = time(*map(int, match["time"].split(":"))) if match["time"] else time()
+    except ValueError:
+        raise InvalidValue(f"not a time of day: {text!r}") from None
     return datetime.combine(readings.pop(), clock)
 
 

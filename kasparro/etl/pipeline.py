@@ -82,6 +82,28 @@ def start_run(
     return run.id
 
 
+class RunAbandoned(RuntimeError):
+    """A later run closed this one as abandoned; its work in flight must not be committed."""
+
+
+def _hold(session: Session, run: EtlRun) -> None:
+    """Move the run's heartbeat in the batch's transaction, or raise if it is no longer RUNNING.
+
+    The conditional update takes the run's row lock, so it serialises with a later run that
+    closes this one as abandoned: either this batch commits first, or it is rolled back.
+    """
+    beat = utcnow()
+    held = session.execute(
+        sa.update(EtlRun)
+        .where(EtlRun.id == run.id, EtlRun.status == "RUNNING")
+        .values(heartbeat_at=beat)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not held:
+        raise RunAbandoned(f"run {run.id} was closed by a later run; this batch is discarded")
+    run.heartbeat_at = beat
+
+
 def _running_run(session: Session, source: str) -> EtlRun | None:
     return session.scalar(
         sa.select(EtlRun).where(EtlRun.source == source, EtlRun.status == "RUNNING")
@@ -95,11 +117,12 @@ def _close_abandoned_run(session: Session, source: str, stale_after_seconds: int
     last_sign = running.heartbeat_at or running.started_at
     if (utcnow() - last_sign).total_seconds() > stale_after_seconds:
         log.warning("etl.run.abandoned", run_id=running.id, source=source)
+        checkpoint = session.get(Checkpoint, source)
         _finish(
             session,
             running,
             "FAILED",
-            running.checkpoint_before,
+            checkpoint.cursor if checkpoint else None,
             f"abandoned: no progress since {last_sign.isoformat()}",
         )
 
@@ -143,7 +166,7 @@ def extract(session: Session, run_id: int, settings: dict[str, Any]) -> dict[str
                 .where(model.record_key.in_(stored_keys), model.id <= transformed_up_to)
             )
         run.rows_read += len(batch)
-        run.heartbeat_at = utcnow()
+        _hold(session, run)
         session.commit()
     context = source.context()
     _record_drift(session, run, context)
@@ -169,12 +192,11 @@ def transform_and_upsert(
     failure = FailurePlan.parse(settings["ETL_INJECT_FAILURE"])
     if failure:
         failure.check(run.source, "before_load")
-    upsert_assets(session, read_seed(settings["ASSETS_SEED_PATH"]), origin="seed")
-    resolver = AssetResolver.load(session)
     checkpoint = session.get(Checkpoint, run.source) or Checkpoint(
         source=run.source, cursor={}, last_raw_id=0
     )
     model = source.raw_model
+    resolver = None
     processed = 0
     while raws := session.scalars(
         sa.select(model)
@@ -182,6 +204,9 @@ def transform_and_upsert(
         .order_by(model.id)
         .limit(settings["ETL_BATCH_SIZE"])
     ).all():
+        if resolver is None:  # an unchanged source never gets here: it costs one query
+            upsert_assets(session, read_seed(settings["ASSETS_SEED_PATH"]), origin="seed")
+            resolver = AssetResolver.load(session)
         unified, rejections = _transform_batch(session, source, run, raws, context, resolver)
         processed += len(raws)
         if failure:
@@ -194,13 +219,15 @@ def transform_and_upsert(
         for raw in raws:
             checkpoint.cursor = source.advance(checkpoint.cursor, raw, context)
         checkpoint.last_raw_id = raws[-1].id
-        checkpoint.last_external_id = source.external_id(raws[-1])
+        checkpoint.last_external_id = source.external_id(raws[-1], context)
         checkpoint.run_id = run_id
-        checkpoint.updated_at = run.heartbeat_at = utcnow()
+        checkpoint.updated_at = utcnow()
         session.add(checkpoint)
+        _hold(session, run)
         if failure:
             failure.check(run.source, "on_commit")
         session.commit()
+    _hold(session, run)
     incomplete = context.get("incomplete")
     status = "PARTIAL" if run.rejected or incomplete else "SUCCESS"
     return _finish(session, run, status, checkpoint.cursor, incomplete or "")
@@ -219,7 +246,8 @@ def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolv
             if raw.id in duplicates:
                 raise InvalidValue(duplicates[raw.id])
             observations = source.observations(raw, context)
-        except InvalidValue as exc:
+        except (ValueError, ArithmeticError) as exc:  # InvalidValue, or a parser's own error
+            reason = str(exc) if isinstance(exc, InvalidValue) else f"unreadable value: {exc}"
             reference, text = source.describe(raw)
             rejections.append(
                 {
@@ -228,7 +256,7 @@ def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolv
                     "record_key": raw.record_key,
                     "reference": reference[:255],
                     "raw_text": text,
-                    "reason": str(exc),
+                    "reason": reason,
                     "rejected_at": utcnow(),
                 }
             )
@@ -295,6 +323,8 @@ def fail_run(session: Session, run_id: int, exc: BaseException) -> str:
     """Roll back the batch in flight and record the run as FAILED with the error."""
     session.rollback()
     run = session.get_one(EtlRun, run_id)
+    if run.status != "RUNNING":  # already closed (as abandoned, say): keep that account
+        return run.status
     checkpoint = session.get(Checkpoint, run.source)
     return _finish(
         session, run, "FAILED", checkpoint.cursor if checkpoint else None, describe_error(exc)

@@ -6,6 +6,7 @@ from flask import current_app, request
 from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
+from kasparro.celery_app import broker_reachable
 from kasparro.etl.pipeline import SourceBusy
 from kasparro.schemas import EtlRunRequestSchema, EtlRunResponseSchema
 from tasks.etl import BrokerUnavailable, dispatch_run
@@ -45,6 +46,8 @@ def require_admin_token() -> None:
 def start_runs(body):
     """Start a run of each requested source (default all); in-process when there is no broker."""
     require_admin_token()
+    if broker_reachable(current_app.extensions["celery"]) is False:
+        abort(503, message="the task queue is unreachable; no run was started")
     runs, skipped = [], []
     for source in body["sources"]:
         try:

@@ -92,6 +92,6 @@ class Source(ABC):
         """Return the coin identities this record vouches for (only an authoritative source)."""
         return []
 
-    def external_id(self, raw: RawRecordMixin) -> str | None:
+    def external_id(self, raw: RawRecordMixin, context: dict[str, Any]) -> str | None:
         """Return the id a checkpoint remembers as the last one it covered."""
         return None

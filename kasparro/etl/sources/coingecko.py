@@ -108,7 +108,8 @@ class CoinGeckoSource(Source):
             "page": page,
             "sparkline": "false",
         }
-        where = f"{urlsplit(url).netloc} page {page}"
+        parts = urlsplit(url)  # host and port only: a URL's user:password never reaches a message
+        where = f"{parts.hostname}{f':{parts.port}' if parts.port else ''} page {page}"
         body = client.get_json(url, params, where)
         if not isinstance(body, list):
             raise SourceError(f"{where} answered with a JSON {type(body).__name__}, not a list")
@@ -197,6 +198,6 @@ class CoinGeckoSource(Source):
         """Return the coin id and its JSON."""
         return f"coin {raw.external_id or '?'}", json.dumps(raw.payload, default=str)
 
-    def external_id(self, raw: RawApiRecord) -> str | None:
+    def external_id(self, raw: RawApiRecord, context: dict[str, Any]) -> str | None:
         """Return the coin id."""
         return raw.external_id or None

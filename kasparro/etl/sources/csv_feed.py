@@ -16,6 +16,16 @@ from kasparro.etl.parsing import InvalidValue
 from kasparro.etl.sources.base import Observation, RawRow, Source, SourceError
 from kasparro.models import RawCsvRecordMixin
 
+MAX_RECORD_LINES = 100  # a quoted field spanning more lines than this is a stray quote
+
+
+def split_row(text: str) -> list[str] | None:
+    """Split one CSV record into fields; None when it is not valid CSV."""
+    try:
+        return next(csv.reader([text], strict=False), [])
+    except csv.Error:
+        return None
+
 
 def content_hash(body: bytes) -> str:
     """Return the hash that identifies a row's text, line ending excluded."""
@@ -107,22 +117,28 @@ class CsvSource(Source):
         while True:
             start = handle.tell()
             chunk = handle.readline()
-            if not chunk:
-                return
+            if not chunk.endswith(b"\n"):
+                return  # the end, or a last line still being written: read once it is complete
             line_no += 1
-            first_line = line_no
-            # A quoted field may hold a line break: read on until the quotes balance.
-            while chunk.count(b'"') % 2 and (more := handle.readline()):
+            first_line, first_end = line_no, handle.tell()
+            # A quoted field may hold a line break: take whole lines until the quotes balance.
+            while chunk.count(b'"') % 2 and line_no - first_line < MAX_RECORD_LINES:
+                more = handle.readline()
+                if not more.endswith(b"\n"):
+                    break
                 chunk += more
                 line_no += 1
+            if chunk.count(b'"') % 2:  # a stray quote: the first line alone is the record
+                handle.seek(first_end)
+                chunk, line_no = chunk[: first_end - start], first_line
             if not chunk.strip():
                 continue
             text = chunk.rstrip(b"\r\n").decode("utf-8", errors="replace")
-            fields = next(csv.reader([text], strict=False), [])
-            payload = dict(zip(header, fields, strict=True)) if len(fields) == len(header) else None
+            fields = split_row(text)
+            width_ok = fields is not None and len(fields) == len(header)
             yield RawRow(
                 record_key=f"{generation}:{first_line}",
-                payload=payload,
+                payload=dict(zip(header, fields, strict=True)) if width_ok else None,
                 columns={
                     "generation": generation,
                     "content_hash": content_hash(chunk),
@@ -148,9 +164,9 @@ class CsvSource(Source):
         """Return the row's line number and text."""
         return f"line {raw.line_no}", raw.raw_text
 
-    def external_id(self, raw: RawCsvRecordMixin) -> str | None:
+    def external_id(self, raw: RawCsvRecordMixin, context: dict[str, Any]) -> str | None:
         """Return the row's first field, its id."""
-        fields = FieldMap.from_dict(self._context.get("fields"))
+        fields = FieldMap.from_dict(context.get("fields"))
         return fields.get(raw.payload or {}, self.columns[0])
 
     def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
@@ -173,9 +189,11 @@ class CsvSource(Source):
     def observations(self, raw: RawCsvRecordMixin, context: dict[str, Any]) -> list[Observation]:
         """Turn one row into observations; a row of the wrong width is rejected."""
         if raw.payload is None:
-            width = len(next(csv.reader([raw.raw_text], strict=False), []))
+            fields = split_row(raw.raw_text)
+            if fields is None:
+                raise InvalidValue("malformed row: not valid CSV")
             expected = len(context["header"])
-            raise InvalidValue(f"malformed row: expected {expected} fields, got {width}")
+            raise InvalidValue(f"malformed row: expected {expected} fields, got {len(fields)}")
         field_map = FieldMap.from_dict(context.get("fields"))
         if field_map.missing:
             raise InvalidValue("; ".join(field_map.missing.values()))
