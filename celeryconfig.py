@@ -6,14 +6,10 @@ so the same code path works on a machine with only Python.
 
 import os
 
+from kasparro.config import env_int
 from kasparro.etl.sources import SOURCE_NAMES
 
 DEFAULT_SCHEDULE_SECONDS = {"coingecko_api": 300}  # other sources: 600
-
-
-def _seconds(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
 
 
 def schedule_setting(source: str) -> str:
@@ -31,14 +27,14 @@ task_eager_propagates = False
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_soft_time_limit = _seconds("CELERY_TASK_SOFT_TIME_LIMIT", 1800)
+task_soft_time_limit = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1800)
 task_time_limit = task_soft_time_limit + 60
 # Redis redelivers an unacknowledged task after this long: it must exceed the longest run.
 # Workers look for such tasks every CELERY_UNACKED_RESTORE_SECONDS.
 # The scan holds a Redis mutex; a worker killed while holding it blocks scans until it expires.
-_restore_seconds = _seconds("CELERY_UNACKED_RESTORE_SECONDS", 60)
+_restore_seconds = env_int("CELERY_UNACKED_RESTORE_SECONDS", 60)
 broker_transport_options = {
-    "visibility_timeout": _seconds("CELERY_VISIBILITY_TIMEOUT", task_time_limit + 600),
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", task_time_limit + 600),
     "unacked_restore_interval": _restore_seconds,
     "unacked_restore_throttle": 1,
     "unacked_mutex_expire": max(10, 5 * _restore_seconds),
@@ -68,7 +64,7 @@ beat_schedule = {
     f"etl-{source}": {
         "task": "etl.scheduled_run",
         "schedule": float(
-            _seconds(schedule_setting(source), DEFAULT_SCHEDULE_SECONDS.get(source, 600))
+            env_int(schedule_setting(source), DEFAULT_SCHEDULE_SECONDS.get(source, 600))
         ),
         "args": (source,),
     }

@@ -9,24 +9,24 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COINGECKO_MARKETS_URL = "https://api.coingecko.com/api/v3/coins/markets"
 
 
-def _int(name: str, default: int) -> int:
+def _parsed(name: str, default, parse, kind: str):
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+def env_int(name: str, default: int) -> int:
+    """Return a whole-number setting; a value that is not one is a clear start-up error."""
+    return _parsed(name, default, int, "a whole number")
+
+
+def env_float(name: str, default: float) -> float:
+    """Return a numeric setting; a value that is not a number is a clear start-up error."""
+    return _parsed(name, default, float, "a number")
 
 
 def _str(name: str, default: str = "") -> str:
@@ -53,28 +53,28 @@ def load_settings() -> dict:
         "API_SOURCE_URL": _str("API_SOURCE_URL", COINGECKO_MARKETS_URL),
         "API_KEY": os.environ.get("API_KEY", "").strip(),
         "API_KEY_HEADER": _str("API_KEY_HEADER"),
-        "API_MAX_PAGES": _int("API_MAX_PAGES", 4),
-        "API_PER_PAGE": _int("API_PER_PAGE", 250),
-        "API_TIMEOUT_SECONDS": _float("API_TIMEOUT_SECONDS", 10.0),
-        "API_CALLS_PER_MINUTE": _float("API_CALLS_PER_MINUTE", 30.0),
-        "API_MAX_ATTEMPTS": max(1, _int("API_MAX_ATTEMPTS", 5)),
-        "API_RETRY_BUDGET_SECONDS": _float("API_RETRY_BUDGET_SECONDS", 120.0),
-        "API_BACKOFF_BASE_SECONDS": _float("API_BACKOFF_BASE_SECONDS", 1.0),
-        "API_BACKOFF_MAX_SECONDS": _float("API_BACKOFF_MAX_SECONDS", 30.0),
-        "SCHEMA_DRIFT_THRESHOLD": _float("SCHEMA_DRIFT_THRESHOLD", 0.8),
+        "API_MAX_PAGES": env_int("API_MAX_PAGES", 4),
+        "API_PER_PAGE": env_int("API_PER_PAGE", 250),
+        "API_TIMEOUT_SECONDS": env_float("API_TIMEOUT_SECONDS", 10.0),
+        "API_CALLS_PER_MINUTE": env_float("API_CALLS_PER_MINUTE", 30.0),
+        "API_MAX_ATTEMPTS": max(1, env_int("API_MAX_ATTEMPTS", 5)),
+        "API_RETRY_BUDGET_SECONDS": env_float("API_RETRY_BUDGET_SECONDS", 120.0),
+        "API_BACKOFF_BASE_SECONDS": env_float("API_BACKOFF_BASE_SECONDS", 1.0),
+        "API_BACKOFF_MAX_SECONDS": env_float("API_BACKOFF_MAX_SECONDS", 30.0),
+        "SCHEMA_DRIFT_THRESHOLD": env_float("SCHEMA_DRIFT_THRESHOLD", 0.8),
         "CSV1_PATH": _str("CSV1_PATH", str(PROJECT_ROOT / "data" / "source1.csv")),
         "CSV2_PATH": _str("CSV2_PATH", str(PROJECT_ROOT / "data" / "source2.csv")),
         "ASSETS_SEED_PATH": _str(
             "ASSETS_SEED_PATH", str(PROJECT_ROOT / "data" / "assets_seed.csv")
         ),
-        "ETL_BATCH_SIZE": _int("ETL_BATCH_SIZE", 1000),
+        "ETL_BATCH_SIZE": env_int("ETL_BATCH_SIZE", 1000),
         "ETL_INJECT_FAILURE": _str("ETL_INJECT_FAILURE"),
-        "ETL_STALE_AFTER_SECONDS": _int("ETL_STALE_AFTER_SECONDS", 900),
+        "ETL_STALE_AFTER_SECONDS": env_int("ETL_STALE_AFTER_SECONDS", 900),
         "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json").lower(),
         "CORS_ORIGINS": _str("CORS_ORIGINS"),
         # Proxies in front of the API that set X-Forwarded-For (so limits see the real client).
-        "PROXY_FIX_X_FOR": _int("PROXY_FIX_X_FOR", 0),
+        "PROXY_FIX_X_FOR": env_int("PROXY_FIX_X_FOR", 0),
         "MAX_CONTENT_LENGTH": 64 * 1024,
         "ETL_ADMIN_TOKEN": os.environ.get("ETL_ADMIN_TOKEN", "").strip(),
         # Shared state (the upstream rate limiter, the public API limits): Redis when there is one.
