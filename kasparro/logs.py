@@ -1,6 +1,14 @@
-"""Structured logging through structlog, with every known secret scrubbed before output."""
+"""Structured logging through structlog, with every known secret scrubbed before output.
+
+structlog and the standard library offer no redaction, so the scrubbing is ours. It runs twice:
+on the event's values before rendering (so a secret-named key hides its value whatever it is),
+and on the rendered line (so a secret inside an object's text form, a dict key or bytes is found
+too). A secret also matches with its characters percent-encoded, as in a database or broker URL,
+or escaped, as JSON and ``repr`` write quotes, backslashes and non-ASCII characters.
+"""
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -12,37 +20,71 @@ SENSITIVE_KEYS = ("authorization", "api_key", "password", "token", "secret")
 _HANDLER_NAME = "kasparro"
 
 
+def secret_named(key: Any) -> bool:
+    """Return whether ``key`` names a secret (``api_key``, ``X-Api-Key``, ``db_password``...)."""
+    if not isinstance(key, str):
+        return False
+    name = key.lower().replace("-", "_")
+    return any(word in name for word in SENSITIVE_KEYS)
+
+
+def _written_or_encoded(secret: str) -> str:
+    """Return a pattern for ``secret`` as written, percent-encoded, or escaped by JSON or repr."""
+    parts = []
+    for char in secret:
+        forms = [re.escape(char), "(?i:" + "".join(f"%{b:02X}" for b in char.encode()) + ")"]
+        if char == " ":
+            forms.append(r"\+")  # form encoding writes a space as "+"
+        if not (char.isascii() and char.isprintable()):
+            code = ord(char)
+            forms.append(rf"(?i:\\(?:x{code:02x}|u{code:04x}|U{code:08x}))")
+            # The repr of bytes escapes each byte of the character's UTF-8 form.
+            forms.append("(?i:" + "".join(rf"\\+x{b:02x}" for b in char.encode()) + ")")
+        # Any run of backslashes may come first: escaping nests (a repr inside a JSON line).
+        parts.append(rf"\\*(?:{'|'.join(forms)})")
+    # A match starts where a run of backslashes starts, never inside one: linear, not quadratic.
+    return r"(?<!\\)" + "".join(parts)
+
+
 class SecretRedactor:
     """A structlog processor that replaces secret values, and values of secret-named keys."""
 
     def __init__(self, secrets: Iterable[str]):
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = (
+            re.compile("|".join(_written_or_encoded(s) for s in self.secrets))
+            if self.secrets
+            else None
+        )
 
     def scrub(self, value: Any) -> Any:
         """Return ``value`` with every secret in it replaced."""
         if isinstance(value, str):
-            for secret in self.secrets:
-                value = value.replace(secret, REDACTED)
-            return value
+            return self._pattern.sub(REDACTED, value) if self._pattern else value
         if isinstance(value, dict):
-            return {k: self.scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+            return {
+                self.scrub(k): REDACTED if secret_named(k) and v else self.scrub(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, tuple) and hasattr(value, "_make"):  # a named tuple
+            return value._make(self.scrub(v) for v in value)
+        if isinstance(value, list | tuple | set | frozenset):
             return type(value)(self.scrub(v) for v in value)
         if isinstance(value, BaseException):
             return self.scrub(str(value))
         return value
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-        for key, value in list(event.items()):
-            if any(word in key.lower() for word in SENSITIVE_KEYS) and value:
-                event[key] = REDACTED
-            else:
-                event[key] = self.scrub(value)
-        return event
+    def __call__(self, logger: Any, method: str, event: dict[str, Any] | str) -> Any:
+        """Scrub an event before rendering, or a rendered line after it."""
+        return self.scrub(event)
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
     """Write to whatever ``sys.stderr`` is when a record is emitted, so redirection is honoured."""
+
+    def __init__(self, redactor: SecretRedactor):
+        super().__init__()
+        self.redactor = redactor
 
     @property
     def stream(self):
@@ -51,6 +93,23 @@ class _CurrentStderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Report a record that could not be written, without the arguments it carried.
+
+        ``logging``'s own report prints the record's arguments, and those may be secrets.
+        """
+        if not logging.raiseExceptions:
+            return
+        error = sys.exception()
+        report = (
+            f"--- logging error: {type(error).__name__}: {error}; logger {record.name}, "
+            f"message {record.msg!r} at {record.pathname}:{record.lineno} ---\n"
+        )
+        try:
+            sys.stderr.write(self.redactor.scrub(report))
+        except Exception:  # stderr itself is gone; there is nowhere left to report to
+            pass
 
 
 def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
@@ -75,12 +134,16 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = _CurrentStderrHandler()
+    handler = _CurrentStderrHandler(redactor)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+                redactor,  # the rendered line: objects' text forms, dict keys, bytes
+            ],
         )
     )
     root = logging.getLogger()
