@@ -65,6 +65,6 @@ down:
 logs:
 	docker compose logs --follow --tail=100
 
-## clean: remove the virtualenv, caches and the local SQLite database
+## clean: remove the virtualenv, caches and the local SQLite database (etl.db, where make run puts it)
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache etl.db
+	rm -rf $(VENV) .pytest_cache .ruff_cache etl.db etl.db-journal etl.db-wal etl.db-shm

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Start one role of Kasparro: apply migrations, then run the role.
 #   api     gunicorn on 0.0.0.0:$PORT, after queueing an initial ETL pass in the background
-#   worker  a Celery worker            beat    the Celery beat scheduler (run exactly one)
+#   worker  a Celery worker, node worker@<host name> (what the compose health check pings)
+#   beat    the Celery beat scheduler (run exactly one)
 #   flower  Celery's monitor, behind basic auth (FLOWER_BASIC_AUTH=user:password)
 #   any other command is run as given, after migrations (e.g. flask --app wsgi etl status)
 set -eu
@@ -31,12 +32,12 @@ case "$role" in
     fi
     # The app logs every request itself, structured and redacted: no second access log.
     exec gunicorn --bind "0.0.0.0:${PORT:-8000}" --workers "${WEB_CONCURRENCY:-2}" --no-control-socket \
-      --timeout "${GUNICORN_TIMEOUT:-120}" --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
+      --timeout "${GUNICORN_TIMEOUT:-120}" --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1,::1}" \
       wsgi:app
     ;;
   worker)
     exec celery -A wsgi.celery_app worker --loglevel "${LOG_LEVEL:-INFO}" \
-      --concurrency "${WORKER_CONCURRENCY:-2}" --hostname "worker-%h"
+      --concurrency "${WORKER_CONCURRENCY:-2}" --hostname "worker@%h"
     ;;
   beat)
     exec celery -A wsgi.celery_app beat --loglevel "${LOG_LEVEL:-INFO}" \

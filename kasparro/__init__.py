@@ -1,13 +1,16 @@
 """Kasparro: a self-hostable cryptocurrency market-data pipeline."""
 
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from kasparro.config import load_settings, secret_values
 from kasparro.etl.faults import FailurePlan
+from kasparro.extensions import BodyJSONProvider
 from kasparro.logs import configure_logging
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -17,6 +20,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: config, then extensions, blueprints, error handling and the CLI."""
     load_dotenv()
     app = Flask(__name__)
+    app.json = BodyJSONProvider(app)
     app.config.update(load_settings())
     app.config.update(
         API_TITLE="Kasparro",
@@ -25,9 +29,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # The documentation pages load only vendored assets (kasparro/static/README.md).
+        OPENAPI_SWAGGER_UI_URL="/static/swagger-ui/",
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},  # no badge from validator.swagger.io
         OPENAPI_REDOC_PATH="/redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        OPENAPI_REDOC_URL="/static/redoc/redoc.standalone.js",
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
         JSON_SORT_KEYS=False,
     )
@@ -57,14 +63,52 @@ def register_extensions(app: Flask) -> None:
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         RATELIMIT_KEY_PREFIX="kasparro",
     )
-    if app.config["PROXY_FIX_X_FOR"]:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["PROXY_FIX_X_FOR"])
+    trust_forwarded_for(app)
     if app.config["CORS_ORIGINS"]:
         from flask_cors import CORS
 
         CORS(app, origins=[o.strip() for o in app.config["CORS_ORIGINS"].split(",")])
+
+
+def trusted_proxies(allowed: str) -> list[IPv4Network | IPv6Network] | None:
+    """Parse FORWARDED_ALLOW_IPS (addresses or networks, comma-separated); ``None`` means ``*``."""
+    entries = [entry.strip() for entry in allowed.split(",") if entry.strip()]
+    if "*" in entries:
+        return None
+    try:
+        return [ip_network(entry) for entry in entries]
+    except ValueError as exc:
+        raise ValueError(f"FORWARDED_ALLOW_IPS must list addresses or networks: {exc}") from None
+
+
+def trust_forwarded_for(app: Flask) -> None:
+    """Take the client address from X-Forwarded-For, written by PROXY_FIX_X_FOR trusted proxies.
+
+    Werkzeug's ProxyFix believes only the last PROXY_FIX_X_FOR entries of the header, those the
+    proxies wrote; it is applied only when the peer itself is a proxy (in FORWARDED_ALLOW_IPS),
+    so a client that reaches the app directly cannot name itself with the header.
+    """
+    networks = trusted_proxies(app.config["FORWARDED_ALLOW_IPS"])
+    hops = app.config["PROXY_FIX_X_FOR"]
+    if hops <= 0:
+        return
+    direct = app.wsgi_app
+    proxied = ProxyFix(direct, x_for=hops)
+
+    def from_trusted_peer(environ):
+        if networks is None:
+            return True
+        try:
+            peer = ip_address(environ.get("REMOTE_ADDR", ""))
+        except ValueError:  # a UNIX socket: only local processes reach it (gunicorn trusts it too)
+            return True
+        return any(peer in network for network in networks)
+
+    def choose(environ, start_response):
+        handler = proxied if from_trusted_peer(environ) else direct
+        return handler(environ, start_response)
+
+    app.wsgi_app = choose
 
 
 def register_blueprints(app: Flask) -> None:

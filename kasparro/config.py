@@ -34,10 +34,24 @@ def _str(name: str, default: str = "") -> str:
 
 
 def database_url(raw: str) -> str:
-    """Return a SQLAlchemy URL; platform URLs (``postgres://``, ``postgresql://``) use psycopg 3."""
+    """Return a SQLAlchemy URL; platform URLs (``postgres://``, ``postgresql://``) use psycopg 3.
+
+    A relative SQLite path is made absolute in the working directory, as SQLAlchemy reads it:
+    Flask-SQLAlchemy would otherwise put it under the app's instance folder.
+    """
     for prefix in ("postgres://", "postgresql://"):
         if raw.startswith(prefix):
             return "postgresql+psycopg://" + raw[len(prefix) :]
+    if raw.startswith("sqlite"):
+        url = make_url(raw)
+        path = url.database or ""
+        if (
+            path
+            and path != ":memory:"
+            and not path.startswith("file:")
+            and not Path(path).is_absolute()
+        ):
+            return url.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
     return raw
 
 
@@ -73,8 +87,10 @@ def load_settings() -> dict:
         "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json").lower(),
         "CORS_ORIGINS": _str("CORS_ORIGINS"),
-        # Proxies in front of the API that set X-Forwarded-For (so limits see the real client).
+        # Proxies in front of the API that set X-Forwarded-For (so limits see the real client),
+        # believed only from peers in FORWARDED_ALLOW_IPS (gunicorn's own setting, same syntax).
         "PROXY_FIX_X_FOR": env_int("PROXY_FIX_X_FOR", 0),
+        "FORWARDED_ALLOW_IPS": _str("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         "MAX_CONTENT_LENGTH": 64 * 1024,
         "ETL_ADMIN_TOKEN": os.environ.get("ETL_ADMIN_TOKEN", "").strip(),
         # Shared state (the upstream rate limiter, the public API limits): Redis when there is one.

@@ -1,16 +1,55 @@
-"""Extension objects, created unbound and bound to the app in create_app."""
+"""Extension objects, created unbound and bound to the app in create_app.
+
+Also the one way request bodies are decoded: the app's JSON provider, which webargs' parser uses
+too, so that no body, however deep or long its numbers, ends as a 500.
+"""
+
+import json
+from typing import Any
 
 from flask import Flask, current_app
+from flask.json.provider import DefaultJSONProvider
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 
 
 class Base(DeclarativeBase):
     """Declarative base shared by every model."""
+
+
+class BodyJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider; a body it cannot decode is always a ``JSONDecodeError``.
+
+    The standard decoder raises ``RecursionError`` for deeply nested documents and a bare
+    ``ValueError`` for numbers past ``int``'s digit limit; callers that turn decoding errors into
+    400 answers expect ``JSONDecodeError``, so both become one.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Decode ``s``; a document too deep or with an unreadable number is a decode error."""
+        try:
+            return super().loads(s, **kwargs)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise
+        except (RecursionError, ValueError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            doc = s if isinstance(s, str) else s.decode("utf-8", "replace")
+            raise json.JSONDecodeError(f"unreadable JSON: {reason}", doc, 0) from None
+
+
+class AppJSONParser(FlaskParser):
+    """webargs' Flask parser, decoding JSON bodies with the app's provider instead of ``json``."""
+
+    def _raw_load_json(self, req) -> Any:
+        if not is_json_request(req):
+            return core.missing
+        return current_app.json.loads(req.get_data(cache=True))
 
 
 db = SQLAlchemy(model_class=Base)

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro import create_app
+from kasparro.etl.pipeline import start_run
 from kasparro.extensions import db
 from kasparro.models import EtlRun, RejectedRecord, UnifiedRecord
 
@@ -675,6 +676,69 @@ def test_stats_keep_the_last_success_when_a_later_run_fails(client, run_etl, fai
     assert stats["run_counts"] == {"SUCCESS": 1, "FAILED": 1}
     assert parse_time(stats["last_success_at"]) == succeeded.finished_at
     assert parse_time(stats["last_failure_at"]) == failed.finished_at
+
+
+ORIGINAL_STATS_FIELDS = {"source", "total_records", "last_run", "status"}
+
+
+def test_stats_also_answer_in_the_original_shape_before_any_run(client):
+    body = get_json(client, "/stats")
+
+    assert body["stats"] == [
+        {"source": source, "total_records": 0, "last_run": None, "status": None}
+        for source in sorted(SOURCES)
+    ]
+
+
+@pytest.mark.parametrize("history", ["both-csv-sources", "failure-after-success", "running"])
+def test_stats_in_the_original_shape_agree_with_the_database(
+    app, client, run_etl, fail_csv1, history
+):
+    if history == "both-csv-sources":
+        run_etl("csv1", "csv2")
+    elif history == "failure-after-success":
+        run_etl("csv1")
+        fail_csv1()
+    else:
+        run_etl("csv2")
+        start_run(db.session, "csv2", "cli", app.config)
+
+    body = get_json(client, "/stats")
+
+    assert [entry["source"] for entry in body["stats"]] == sorted(SOURCES)
+    for entry in body["stats"]:
+        source = entry["source"]
+        assert set(entry) == ORIGINAL_STATS_FIELDS
+        assert entry["total_records"] == count(UnifiedRecord, UnifiedRecord.source == source)
+        runs = db.session.scalars(
+            sa.select(EtlRun).where(EtlRun.source == source).order_by(EtlRun.id)
+        ).all()
+        last = runs[-1] if runs else None
+        assert entry["status"] == (last and last.status)
+        assert parse_time(entry["last_run"]) == (last and (last.finished_at or last.started_at))
+        richer = body["sources"][source]
+        assert (entry["total_records"], entry["status"]) == (
+            richer["total_records"],
+            richer["last_status"],
+        )
+    statuses = {entry["source"]: entry["status"] for entry in body["stats"]}
+    assert (
+        statuses
+        == {
+            "both-csv-sources": {"coingecko_api": None, "csv1": "SUCCESS", "csv2": "PARTIAL"},
+            "failure-after-success": {"coingecko_api": None, "csv1": "FAILED", "csv2": None},
+            "running": {"coingecko_api": None, "csv1": None, "csv2": "RUNNING"},
+        }[history]
+    )
+
+
+def test_the_original_stats_shape_is_in_the_openapi_document(client):
+    spec = client.get("/openapi.json").get_json()
+
+    stats = spec["components"]["schemas"]["Stats"]
+
+    assert "stats" in stats["required"]
+    assert {"stats", "sources", "total_records"} <= set(stats["properties"])
 
 
 # ---------------------------------------------------------------------------------------------

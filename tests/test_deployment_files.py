@@ -19,20 +19,33 @@ SECRETS = {
 }
 
 
-@pytest.fixture
-def compose_project(tmp_path):
-    """Copy the compose file and an .env made from .env.example into a scratch project."""
-    shutil.copy(ROOT / "docker-compose.yml", tmp_path)
+def write_compose_project(path: Path) -> Path:
+    """Copy the compose file and an .env made from .env.example (secrets filled) into ``path``."""
+    shutil.copy(ROOT / "docker-compose.yml", path)
     lines = (ROOT / ".env.example").read_text().splitlines()
     env = [f"{line}{SECRETS[line[:-1]]}" if line[:-1] in SECRETS else line for line in lines]
-    (tmp_path / ".env").write_text("\n".join(env) + "\n")
-    return tmp_path
+    (path / ".env").write_text("\n".join(env) + "\n")
+    return path
+
+
+@pytest.fixture
+def compose_project(tmp_path):
+    """Return a scratch project holding the compose file and an .env made from .env.example."""
+    return write_compose_project(tmp_path)
 
 
 def compose_config(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``docker compose config`` in ``project`` with ``args``."""
     return subprocess.run(
         [str(COMPOSE), "config", *args], cwd=project, capture_output=True, text=True, timeout=60
     )
+
+
+def interpolated_service(project: Path, name: str) -> dict:
+    """Return one service of the compose file as Docker Compose resolves it."""
+    result = compose_config(project, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"][name]
 
 
 def test_docker_compose_config_accepts_the_file(compose_project):
@@ -116,3 +129,15 @@ def test_the_render_blueprint_runs_one_beat_and_keeps_secrets_out_of_the_file():
         for var in service.get("envVars", []):
             if var.get("key") in secret_keys:
                 assert "value" not in var, (service["name"], var["key"])
+
+
+def test_the_render_api_takes_the_client_from_behind_both_render_proxies():
+    """Render's requests pass Cloudflare's edge, then Render's proxy: two X-Forwarded-For hops."""
+    blueprint = yaml.safe_load((ROOT / "deploy" / "render.yaml").read_text())
+    services = {service["name"]: service for service in blueprint["services"]}
+    env = {
+        var["key"]: var.get("value") for var in services["kasparro-api"]["envVars"] if "key" in var
+    }
+
+    assert env["PROXY_FIX_X_FOR"] == "2"
+    assert env["FORWARDED_ALLOW_IPS"] == "*"  # only Render's proxy and private services reach it

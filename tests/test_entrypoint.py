@@ -1,6 +1,7 @@
 """Each role of docker/entrypoint.sh, started as the plain process a container would run."""
 
 import os
+import socket
 import subprocess
 
 import pytest
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 
 from tests.processes import (
     ENTRYPOINT,
+    ROOT,
     ManagedProcess,
     answers,
     eventually,
@@ -16,6 +18,7 @@ from tests.processes import (
     venv_path_env,
     worker_ready,
 )
+from tests.test_deployment_files import interpolated_service, write_compose_project
 
 
 @pytest.fixture
@@ -111,3 +114,34 @@ def test_flower_role_refuses_to_start_without_basic_auth(tmp_path):
 
     assert result.returncode != 0
     assert "set FLOWER_BASIC_AUTH=user:password" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("worker_running", "healthy"), [(True, True), (False, False)])
+def test_the_compose_worker_health_check_finds_the_worker_of_its_own_container(
+    roles, broker_env, tmp_path, worker_running, healthy
+):
+    """The check docker compose runs, as compose resolves it, against a worker the entrypoint
+    started; in a container HOSTNAME is the host name the worker's ``%h`` expands to."""
+    (tmp_path / "compose").mkdir()
+    check = interpolated_service(write_compose_project(tmp_path / "compose"), "worker")
+    kind, canonical = check["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    command = canonical.replace("$$", "$")  # compose prints a literal $ as $$ in its output
+    env = {**broker_env, "HOSTNAME": socket.gethostname(), "WORKER_CONCURRENCY": "1"}
+    worker = roles("worker", env, worker_ready)
+    if not worker_running:
+        worker.stop()
+
+    result = subprocess.run(
+        ["/bin/sh", "-c", command],  # what CMD-SHELL runs
+        env=venv_path_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert (result.returncode == 0) is healthy, f"{command}\n{result.stdout}{result.stderr}"
+    if healthy:
+        assert "pong" in result.stdout

@@ -20,4 +20,21 @@ def get_stats():
     return {
         "total_records": sum(s["total_records"] for s in sources.values()),
         "sources": sources,
+        # Clients of the original API read this list; the richer fields are in "sources".
+        "stats": [
+            {
+                "source": name,
+                "total_records": stats["total_records"],
+                "last_run": last_run_time(stats["last_run"]),
+                "status": stats["last_status"],
+            }
+            for name, stats in sorted(sources.items())
+        ],
     }
+
+
+def last_run_time(run):
+    """Return when ``run`` finished, or started while it is still running; None without one."""
+    if run is None:
+        return None
+    return run.finished_at or run.started_at
