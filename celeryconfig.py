@@ -26,6 +26,10 @@ task_eager_propagates = False
 # again; the pipeline's checkpoints make the second delivery resume rather than duplicate.
 task_acks_late = True
 task_reject_on_worker_lost = True
+# ... but not for ever: an input that kills its worker (out of memory, say) is sent again only
+# ETL_WORKER_LOST_RETRIES times (task_annotations, set from the app's settings), then its run
+# is FAILED with the cause (tasks.etl.record_lost_worker).
+task_retry_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_soft_time_limit = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1800)
 task_time_limit = task_soft_time_limit + 60

@@ -9,11 +9,22 @@ def celery_init_app(app: Flask) -> Celery:
 
     class FlaskTask(Task):
         def __call__(self, *args, **kwargs):
-            with app.app_context():
+            with self.app_context():
                 return self.run(*args, **kwargs)
+
+        def app_context(self):
+            """Return the Flask app context tasks run in (also for the worker's own handlers)."""
+            return app.app_context()
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object("celeryconfig")
+    # A task whose worker process died is sent again a bounded number of times, then fails.
+    celery_app.conf.task_annotations = {
+        "*": {
+            "max_retries": app.config["ETL_WORKER_LOST_RETRIES"],
+            "default_retry_delay": app.config["ETL_WORKER_LOST_RETRY_DELAY_SECONDS"],
+        }
+    }
     celery_app.conf.update(app.config.get("CELERY", {}))
     celery_app.set_default()
     app.extensions["celery"] = celery_app

@@ -65,6 +65,8 @@ def run_command(sources, enqueue):
         )
         if run.error:
             click.echo(f"{'':<14} error: {run.error}")
+        if pending := (run.details or {}).get("pending"):
+            click.echo(f"{'':<14} waiting: line {pending['line']}: {pending['reason']}")
         if run.status == "FAILED":
             failed.append(name)
     if failed:

@@ -82,6 +82,18 @@ def load_settings() -> dict:
             "ASSETS_SEED_PATH", str(PROJECT_ROOT / "data" / "assets_seed.csv")
         ),
         "ETL_BATCH_SIZE": env_int("ETL_BATCH_SIZE", 1000),
+        # Longest CSV record, line ending included; a longer line is rejected, never held whole.
+        "CSV_MAX_RECORD_BYTES": max(64, env_int("CSV_MAX_RECORD_BYTES", 64 * 1024)),
+        # A CSV file unchanged this long is complete: its unterminated last record is read.
+        "CSV_SETTLE_SECONDS": env_int("CSV_SETTLE_SECONDS", 300),
+        # The encoding each CSV feed is written in; a row that is not valid in it is rejected.
+        "CSV1_ENCODING": _str("CSV1_ENCODING", "utf-8"),
+        "CSV2_ENCODING": _str("CSV2_ENCODING", "utf-8"),
+        # Largest CoinGecko page accepted; a larger answer fails the read without being kept.
+        "API_MAX_PAGE_BYTES": env_int("API_MAX_PAGE_BYTES", 20 * 1024 * 1024),
+        # A task whose worker process dies is sent again this many times, then its run FAILS.
+        "ETL_WORKER_LOST_RETRIES": env_int("ETL_WORKER_LOST_RETRIES", 2),
+        "ETL_WORKER_LOST_RETRY_DELAY_SECONDS": env_int("ETL_WORKER_LOST_RETRY_DELAY_SECONDS", 30),
         "ETL_INJECT_FAILURE": _str("ETL_INJECT_FAILURE"),
         "ETL_STALE_AFTER_SECONDS": env_int("ETL_STALE_AFTER_SECONDS", 900),
         "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),

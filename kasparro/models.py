@@ -83,15 +83,43 @@ class RawApiRecord(RawRecordMixin, db.Model):
     source_updated_at: Mapped[str] = mapped_column(sa.String(64))
 
 
+class CsvGeneration(db.Model):
+    """One reading of a CSV file from its top: the header and field map its rows are read with.
+
+    A file that is replaced or edited above the checkpoint is read again as a new generation;
+    each generation number is used once per source, whatever happened in between.
+    """
+
+    __tablename__ = "csv_generations"
+
+    source: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    header: Mapped[list[str]] = mapped_column(sa.JSON)
+    header_hash: Mapped[str] = mapped_column(sa.String(64))
+    fields: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    encoding: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class RawCsvRecordMixin(RawRecordMixin):
-    """A CSV row as text, with where it was in the file; keyed by file generation and line."""
+    """A CSV record exactly as read, with where it was in the file; keyed by generation and line.
+
+    ``raw_text`` holds the record decoded in the generation's encoding, without its line ending.
+    A record that cannot be text (not valid in that encoding, or holding a NUL byte) is kept in
+    ``raw_bytes`` instead, byte for byte; a line over the length limit keeps only its first
+    bytes there and is marked ``truncated``. ``prefix_hash`` fingerprints the file from its
+    first byte to this record's end, so an edit above the checkpoint is noticed.
+    """
 
     generation: Mapped[int] = mapped_column(sa.Integer)
     content_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
     line_no: Mapped[int] = mapped_column(sa.Integer)
     start_offset: Mapped[int] = mapped_column(sa.BigInteger)
     end_offset: Mapped[int] = mapped_column(sa.BigInteger)
-    raw_text: Mapped[str] = mapped_column(sa.Text)
+    raw_text: Mapped[str | None] = mapped_column(sa.Text)
+    raw_bytes: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    truncated: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    prefix_hash: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class RawCsvRecord(RawCsvRecordMixin, db.Model):

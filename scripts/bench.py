@@ -7,13 +7,12 @@ figures; the numbers are measurements of this machine, not assertions.
 """
 
 import argparse
-import os
+import hashlib
 import resource
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,10 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 from kasparro import create_app  # noqa: E402
 from kasparro.etl.pipeline import run_source  # noqa: E402
+from kasparro.etl.sources.csv_feed import READ_CHUNK  # noqa: E402
 from kasparro.extensions import db  # noqa: E402
-from tests.conftest import migrate  # noqa: E402
+from kasparro.models import Checkpoint  # noqa: E402
+from tests.conftest import scratch_database  # noqa: E402
 
-ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -62,6 +62,41 @@ def fill_unified(url: str, rows: int) -> None:
         conn.execute("ANALYZE unified_records")
 
 
+def bench_edit_check(app, csv_path: Path, rows: int) -> list[tuple[str, str, str]]:
+    """Time appended rows against the fingerprint check that guards the covered bytes."""
+    appended = 1_000
+    with open(csv_path, "a", encoding="utf-8") as feed:
+        for i in range(appended):
+            feed.write(f"late-{i},Late {i},{i}.25,{START.isoformat()}\n")
+    started = time.perf_counter()
+    run = run_source(db.session, "csv1", app.config)
+    append_seconds = time.perf_counter() - started
+    assert run.inserted == appended, (run.status, run.error)
+    # The check re-reads and hashes every byte the checkpoint covers, as read() does.
+    covered = db.session.get(Checkpoint, "csv1").cursor["offset"]
+    started = time.perf_counter()
+    with open(csv_path, "rb") as handle:
+        digest = hashlib.sha256()
+        while chunk := handle.read(min(READ_CHUNK, covered - handle.tell())):
+            digest.update(chunk)
+    check_seconds = time.perf_counter() - started
+    # An edit above the checkpoint: the whole file is read again, one value changes.
+    text = csv_path.read_text(encoding="utf-8")
+    csv_path.write_text(text.replace("1000.00,", "1000.01,", 1), encoding="utf-8")
+    started = time.perf_counter()
+    edited = run_source(db.session, "csv1", app.config)
+    edit_seconds = time.perf_counter() - started
+    assert edited.updated == 1, (edited.status, edited.updated, edited.error)
+    return [
+        (f"ETL csv1, {appended:,} rows appended", f"{append_seconds:.2f} s", ""),
+        (f"edit check: fingerprint of {covered / 2**20:.1f} MiB covered",
+         f"{check_seconds * 1000:.1f} ms",
+         f"{check_seconds / append_seconds:.1%} of the append run"),
+        ("ETL csv1, one row edited above the checkpoint", f"{edit_seconds:.1f} s",
+         f"read={edited.rows_read} updated={edited.updated} unchanged={edited.unchanged}"),
+    ]  # fmt: skip
+
+
 def timed(client, url: str, repeat: int = 7) -> tuple[float, dict]:
     """Return the median latency in ms of GET ``url`` and its last body."""
     latencies = []
@@ -74,26 +109,17 @@ def timed(client, url: str, repeat: int = 7) -> tuple[float, dict]:
 
 
 def main() -> None:
-    """Create the database, run the benchmarks, print the figures, drop the database."""
+    """Run the benchmarks on a database of their own and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv-rows", type=int, default=200_000)
     parser.add_argument("--table-rows", type=int, default=1_000_000)
     args = parser.parse_args()
-    name = f"kasparro_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            run_benchmarks(url, Path(tmp), args)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("kasparro_bench") as url, tempfile.TemporaryDirectory() as tmp:
+        run_benchmarks(url, Path(tmp), args)
 
 
 def run_benchmarks(url: str, tmp: Path, args) -> None:
     """Measure the ETL on a large CSV, then the read API over a large table."""
-    migrate(url)
     csv_path = tmp / "prices.csv"
     write_csv(csv_path, args.csv_rows)
     app = create_app(
@@ -116,13 +142,14 @@ def run_benchmarks(url: str, tmp: Path, args) -> None:
         again = run_source(db.session, "csv1", app.config)
         figures.append(("ETL csv1 again, unchanged file", f"{time.perf_counter() - started:.2f} s",
                         f"read={again.rows_read} inserted={again.inserted}"))  # fmt: skip
+        figures.extend(bench_edit_check(app, csv_path, args.csv_rows))
 
         started = time.perf_counter()
         fill_unified(url, args.table_rows)
         figures.append((f"COPY {args.table_rows:,} more unified rows (set-up)",
                         f"{time.perf_counter() - started:.1f} s", ""))  # fmt: skip
         client = app.test_client()
-        total = args.table_rows + args.csv_rows
+        total = args.table_rows + args.csv_rows + 1_000
         for label, query in (
             ("/data first page", "/data?page_size=100"),
             ("/data page 1000 by offset", "/data?page_size=100&page=1000"),

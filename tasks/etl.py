@@ -4,8 +4,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
-from celery import chain, shared_task
+from billiard.exceptions import WorkerLostError
+from celery import chain, current_task, shared_task
 from celery.exceptions import Ignore
+from celery.signals import task_failure
 from celery.utils import uuid
 from flask import current_app
 from kombu.exceptions import OperationalError
@@ -20,6 +22,10 @@ log = structlog.get_logger(__name__)
 
 class BrokerUnavailable(RuntimeError):
     """The task queue could not be reached, so a run could not be queued."""
+
+
+class WorkerLost(RuntimeError):
+    """The worker process running a run's task died each time the task was sent."""
 
 
 def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
@@ -59,6 +65,12 @@ def _failing_run_on_error(run_id: int):
 
 
 def _ensure_running(run_id: int) -> None:
+    log.info(
+        "etl.task.started",
+        task=current_task.name,
+        run_id=run_id,
+        attempt=current_task.request.retries + 1,
+    )
     # A task delivered again after its run finished (or was closed as abandoned) does nothing.
     run = db.session.get(EtlRun, run_id)
     if run is None or run.status != "RUNNING":
@@ -98,3 +110,30 @@ def scheduled_run(source: str) -> dict[str, Any]:
     except pipeline.SourceBusy as busy:
         return {"skipped_run_id": busy.skipped_run_id, "running_run_id": busy.running_run_id}
     return {"run_id": run_id, "task_id": task_id}
+
+
+@task_failure.connect
+def record_lost_worker(sender=None, exception=None, args=None, **kwargs) -> None:
+    """Fail the run whose task killed its worker process on every delivery, naming the cause.
+
+    The worker's main process sends this once the task's retries after a lost worker are spent
+    (``task_retry_on_worker_lost``); without it the run would stay RUNNING until it went stale.
+    """
+    if not isinstance(exception, WorkerLostError) or sender.name not in _RUN_ID_OF:
+        return
+    run_id = _RUN_ID_OF[sender.name](args)
+    cause = str(exception).split(" Job:")[0]
+    lost = WorkerLost(
+        f"the worker process running {sender.name} died {sender.request.retries + 1} times "
+        f"({cause}); not retried again"
+    )
+    with sender.app_context():
+        pipeline.fail_run(db.session, run_id, lost)
+        db.session.remove()
+    log.error("etl.task.worker_lost", task=sender.name, run_id=run_id, error=str(lost))
+
+
+_RUN_ID_OF = {
+    extract.name: lambda args: args[1],
+    transform_and_upsert.name: lambda args: args[0]["run_id"],
+}

@@ -7,6 +7,8 @@ end; SQLite tests use a fresh file copied from a migrated template.
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -37,6 +39,7 @@ TABLES = (
     "raw_api_records",
     "raw_csv_records",
     "raw_csv2_records",
+    "csv_generations",
     "assets",
     "etl_runs",
 )
@@ -71,19 +74,28 @@ def _drop_stale_databases(conn) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """Create a migrated PostgreSQL database of its own, yield its URL, and drop it after."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    try:
+        migrate(url.render_as_string(hide_password=False))
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """Create this session's own PostgreSQL database, migrated; drop it at the end."""
-    name = f"kasparro_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         _drop_stale_databases(conn)
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
-    url = url.render_as_string(hide_password=False)
-    migrate(url)
-    yield url
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("kasparro_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,23 @@ def test_run_prints_a_summary_per_source(runner):
     assert lines[0].startswith("csv1           run 1     SUCCESS  read=14 inserted=14")
     assert lines[1].startswith("csv2           run 2     PARTIAL  read=16 inserted=12")
     assert "rejected=4" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        ("dogecoin,Dogecoin,0.12", "the last line has no line ending yet"),
+        ('dogecoin,"Doge\n', "a quoted field is still open at the end of the file"),
+    ],
+)
+def test_run_says_which_line_is_still_waiting(runner, csv_paths, tail, reason):
+    with open(csv_paths["CSV1_PATH"], "a", encoding="utf-8") as feed:
+        feed.write(tail)
+
+    result = runner.invoke(args=["etl", "run", "--source", "csv1"])
+
+    assert result.exit_code == 0, result.output
+    assert f"waiting: line 16: {reason}" in result.stdout
 
 
 def test_run_exits_non_zero_when_a_source_fails(app, runner):

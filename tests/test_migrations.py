@@ -41,6 +41,7 @@ def test_migration_gives_the_same_schema_on_postgresql_and_sqlite(postgres_url, 
     assert set(postgres) == {
         "assets",
         "checkpoints",
+        "csv_generations",
         "etl_runs",
         "raw_api_records",
         "raw_csv2_records",

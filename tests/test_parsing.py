@@ -25,6 +25,9 @@ from kasparro.etl.sources.csv_markets import split_full_name
         (0.999512, "0.999512"),
         (2922.48, "2922.48"),
         ("0", "0"),
+        ("123456789012345678901234567.1234567", "123456789012345678901234567.1234567"),
+        ("0." + "1" * 40, "0." + "1" * 40),
+        ("1.000000000000000000000000000001K", "1000.000000000000000000000000001"),
     ],
 )
 def test_amounts_parse_exactly(raw, expected):
@@ -46,6 +49,8 @@ def test_amounts_parse_exactly(raw, expected):
         (True, "not a number: True"),
         ([1], "not a number: list"),
         ("1e40", "amount out of range: '1e40'"),
+        ("0." + "1" * 41, "amount has 41 digits after the point; the limit is 40"),
+        ("0." + "0" * 38 + "1234", "amount has 42 digits after the point; the limit is 40"),
     ],
 )
 def test_bad_amounts_are_rejected_with_a_reason(raw, reason):
@@ -84,6 +89,11 @@ def test_timestamps_parse_to_utc(raw, expected):
         ("yesterday", "unrecognised timestamp: 'yesterday'"),
         ("1999-01-01", "timestamp out of range: '1999-01-01'"),
         ({"a": 1}, "not a timestamp: dict"),
+        (
+            "2025-12-27T10:46:21+00:00\x00junk",
+            "unrecognised timestamp: '2025-12-27T10:46:21+00:00\\x00junk'",
+        ),
+        ("2025-12-27T10:46:21Z\x00", "unrecognised timestamp: '2025-12-27T10:46:21Z\\x00'"),
     ],
 )
 def test_bad_timestamps_are_rejected_with_a_reason(raw, reason):

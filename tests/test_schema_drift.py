@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from kasparro.config import load_settings
 from kasparro.etl.drift import RECASED_CONFIDENCE, FieldMap, match_fields, normalise, similarity
 from kasparro.extensions import db
-from kasparro.models import RawApiRecord, RejectedRecord, UnifiedRecord
+from kasparro.models import RawApiRecord, UnifiedRecord
 from tests.coingecko_imitation import make_coins
+from tests.csv_files import rejections
 
 CSV1_ROWS = [
     ("bitcoin", "Bitcoin", "87387.00", "2025-12-27T10:46:21Z"),
@@ -64,18 +65,6 @@ def unified(source: str, metric: str | None = None) -> dict[str, str]:
     if metric:
         query = query.where(UnifiedRecord.metric == metric)
     return {external_id: str(value) for external_id, value in db.session.execute(query)}
-
-
-def rejections(source: str) -> list[tuple[str, str]]:
-    """Return ``(reference, reason)`` of a source's rejected rows, in order."""
-    return [
-        tuple(row)
-        for row in db.session.execute(
-            sa.select(RejectedRecord.reference, RejectedRecord.reason)
-            .where(RejectedRecord.source == source)
-            .order_by(RejectedRecord.id)
-        )
-    ]
 
 
 def drift_of(client, run) -> list[dict]:

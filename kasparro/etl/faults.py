@@ -1,8 +1,14 @@
-"""Failure injection: make a named source fail at a chosen point, to prove clean resumes."""
+"""Failure injection: make a named source fail at a chosen point, to prove clean resumes.
 
+``crash`` kills the process running the transform with SIGKILL, as the kernel's out-of-memory
+killer would: no exception, no cleanup, no acknowledgement.
+"""
+
+import os
+import signal
 from dataclasses import dataclass
 
-POINTS = ("after_rows", "before_load", "on_commit")
+POINTS = ("after_rows", "before_load", "on_commit", "crash")
 
 
 class InjectedFailure(RuntimeError):
@@ -29,8 +35,8 @@ class FailurePlan:
             or (len(parts) == 3) != (parts[1] == "after_rows")
         ):
             raise ValueError(
-                f"ETL_INJECT_FAILURE must be source:after_rows:N, source:before_load or "
-                f"source:on_commit; got {spec!r}"
+                f"ETL_INJECT_FAILURE must be source:after_rows:N, source:before_load, "
+                f"source:on_commit or source:crash; got {spec!r}"
             )
         try:
             rows = int(parts[2]) if len(parts) == 3 else 0
@@ -41,5 +47,7 @@ class FailurePlan:
     def check(self, source: str, point: str, rows: int = 0) -> None:
         """Raise InjectedFailure if this plan targets this source at this point."""
         if source == self.source and point == self.point and rows >= self.rows:
+            if point == "crash":
+                os.kill(os.getpid(), signal.SIGKILL)
             detail = f" after {self.rows} rows" if point == "after_rows" else ""
             raise InjectedFailure(f"injected failure: {source} at {point}{detail}")

@@ -6,6 +6,7 @@ source, attempt, reason and wait, and a 429 may say when to come back only in
 """
 
 import itertools
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from kasparro.etl.sources.base import SourceError
 
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds
+BODY_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class JsonClient:
         pacer: CallPacer,
         policy: RetryPolicy,
         timeout: float,
+        max_bytes: int,
         sleep=time.sleep,
         clock=time.monotonic,
     ):
@@ -93,6 +96,7 @@ class JsonClient:
         self.pacer = pacer
         self.policy = policy
         self.timeout = timeout
+        self.max_bytes = max_bytes
         self.sleep = sleep
         self.clock = clock
 
@@ -102,7 +106,10 @@ class JsonClient:
         for attempt in itertools.count(1):
             self.pacer.wait()
             try:
-                response = self.session.get(url, params=params, timeout=self.timeout)
+                with self.session.get(
+                    url, params=params, timeout=self.timeout, stream=True
+                ) as response:  # an error's body is never read; a good one is read in bounds
+                    body = self._body(response, where) if response.status_code == 200 else None
             except requests.Timeout:
                 reason, wait = "timeout", self.policy.backoff(attempt)
             except requests.RequestException as exc:
@@ -111,8 +118,8 @@ class JsonClient:
                     self.policy.backoff(attempt),
                 )
             else:
-                if response.status_code == 200:
-                    return self._decode(response, where)
+                if body is not None:
+                    return self._decode(body, where)
                 if response.status_code != 429 and response.status_code < 500:
                     raise SourceError(f"{where} answered HTTP {response.status_code}")
                 reason = f"HTTP {response.status_code}"
@@ -135,12 +142,30 @@ class JsonClient:
             )
             self.sleep(wait)
 
-    @staticmethod
-    def _decode(response: requests.Response, where: str) -> Any:
+    def _body(self, response: requests.Response, where: str) -> bytes:
         content_type = response.headers.get("Content-Type", "")
         if "json" not in content_type.lower():
             raise SourceError(f"{where} answered {content_type or 'no content type'}, not JSON")
+        too_large = SourceError(
+            f"{where} is larger than API_MAX_PAGE_BYTES ({self.max_bytes} bytes)"
+        )
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise too_large
+        body = bytearray()
+        for chunk in response.iter_content(BODY_CHUNK):
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise too_large
+        return bytes(body)
+
+    @staticmethod
+    def _decode(body: bytes, where: str) -> Any:
+        # Bytes that are not UTF-8 become lone surrogates, so only the coin holding them is
+        # rejected (its text cannot be stored) instead of the whole page.
         try:
-            return response.json()
+            return json.loads(body.decode("utf-8", "surrogateescape"))
         except ValueError:
             raise SourceError(f"{where} answered with a body that is not valid JSON") from None
+        except RecursionError:
+            raise SourceError(f"{where} answered with JSON nested too deeply") from None

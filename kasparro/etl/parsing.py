@@ -2,9 +2,10 @@
 
 import re
 from datetime import UTC, date, datetime, time
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 
 MAX_DIGITS_BEFORE_POINT = 30
+MAX_DIGITS_AFTER_POINT = 40  # PostgreSQL's NUMERIC takes more; the same limit on both engines
 
 _SUFFIXES = {"K": 3, "M": 6, "B": 9, "T": 12}
 _AMOUNT = re.compile(
@@ -45,8 +46,19 @@ def parse_amount(raw: object) -> Decimal:
     if value < 0:
         raise InvalidValue(f"negative amount: {raw!r}")
     if value.adjusted() >= MAX_DIGITS_BEFORE_POINT:
-        raise InvalidValue(f"amount out of range: {raw!r}")
+        raise InvalidValue(f"amount out of range: {_clip(str(raw))!r}")
+    if (decimals := _decimals(value)) > MAX_DIGITS_AFTER_POINT:
+        raise InvalidValue(
+            f"amount has {decimals} digits after the point; the limit is {MAX_DIGITS_AFTER_POINT}"
+        )
     return Decimal(format(value, "f"))  # plain notation: 1740000000000, not 1.74E+12
+
+
+def _decimals(value: Decimal) -> int:
+    """Return how many digits after the point ``value`` needs (trailing zeros do not count)."""
+    _, digits, exponent = value.as_tuple()
+    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -exponent - zeros)
 
 
 def _parse_amount_text(text: str) -> Decimal:
@@ -60,8 +72,10 @@ def _parse_amount_text(text: str) -> Decimal:
     exponent = int(match["exp"] or 0) + _SUFFIXES.get((match["suffix"] or "").upper(), 0)
     if abs(exponent) > MAX_DIGITS_BEFORE_POINT:
         raise InvalidValue(f"amount out of range: {_clip(stripped)!r}")
-    value = value.scaleb(exponent)
-    return -value if match["sign"] == "-" else value
+    # Exactly: the default context would round to 28 significant digits.
+    exact = Context(prec=max(28, len(value.as_tuple().digits)), Emax=MAX_EMAX, Emin=MIN_EMIN)
+    value = value.scaleb(exponent, context=exact)
+    return value.copy_negate() if match["sign"] == "-" else value
 
 
 def _decimal(text: str) -> Decimal:
@@ -84,6 +98,8 @@ def parse_timestamp(raw: object) -> datetime:
     text = str(raw).strip()
     if not text:
         raise InvalidValue("missing timestamp")
+    if "\x00" in text:  # the standard parser stops reading at a NUL and would accept the rest
+        raise InvalidValue(f"unrecognised timestamp: {_clip(text)!r}")
     parsed = _parse_epoch(text) or _parse_iso(text) or _parse_slash(text) or _parse_words(text)
     if parsed is None:
         raise InvalidValue(f"unrecognised timestamp: {_clip(text)!r}")
@@ -144,6 +160,31 @@ def _parse_words(text: str) -> datetime | None:
         except ValueError:
             continue
     return None
+
+
+def check_text(label: str, value: str | None, limit: int) -> None:
+    """Reject text that a database column could not hold as given, the same on every engine.
+
+    PostgreSQL refuses NUL characters and unpaired surrogates that SQLite would store, and
+    SQLite ignores the length that PostgreSQL enforces: neither may decide a row's fate.
+    """
+    if value is None:
+        return
+    if (at := value.find("\x00")) >= 0:
+        raise InvalidValue(f"{label} contains a NUL character at character {at}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(
+            f"{label} is not valid text: a lone surrogate at character {exc.start}"
+        ) from None
+    if len(value) > limit:
+        raise InvalidValue(f"{label} is {len(value)} characters long; the limit is {limit}")
+
+
+def storable(text: str) -> str:
+    """Return ``text`` with NUL characters and unpaired surrogates written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _clip(text: str, limit: int = 60) -> str:

@@ -6,6 +6,7 @@ behind the data, and the next run resumes from it.
 """
 
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -19,10 +20,10 @@ from kasparro.etl.assets import AssetResolver, read_seed, upsert_assets
 from kasparro.etl.drift import FieldMap
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
-from kasparro.etl.parsing import InvalidValue
+from kasparro.etl.parsing import InvalidValue, check_text, storable
 from kasparro.etl.sources import get_source
-from kasparro.etl.sources.base import Source
-from kasparro.models import Checkpoint, EtlRun
+from kasparro.etl.sources.base import Observation, Source
+from kasparro.models import Checkpoint, EtlRun, RejectedRecord, UnifiedRecord
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -114,17 +115,23 @@ def _close_abandoned_run(session: Session, source: str, stale_after_seconds: int
     running = _running_run(session, source)
     if running is None:
         return
+    cutoff = utcnow() - timedelta(seconds=stale_after_seconds)
     last_sign = running.heartbeat_at or running.started_at
-    if (utcnow() - last_sign).total_seconds() > stale_after_seconds:
+    if last_sign >= cutoff:
+        return
+    checkpoint = session.get(Checkpoint, source)
+    # Only if it is still RUNNING and still silent: a run that finished or moved meanwhile
+    # keeps its own account.
+    closed = _finish(
+        session,
+        running,
+        "FAILED",
+        checkpoint.cursor if checkpoint else None,
+        f"abandoned: no progress since {last_sign.isoformat()}",
+        sa.func.coalesce(EtlRun.heartbeat_at, EtlRun.started_at) < cutoff,
+    )
+    if closed == "FAILED":
         log.warning("etl.run.abandoned", run_id=running.id, source=source)
-        checkpoint = session.get(Checkpoint, source)
-        _finish(
-            session,
-            running,
-            "FAILED",
-            checkpoint.cursor if checkpoint else None,
-            f"abandoned: no progress since {last_sign.isoformat()}",
-        )
 
 
 def _record_skipped(session: Session, source: str, trigger: str, task_id: str | None):
@@ -152,10 +159,9 @@ def extract(session: Session, run_id: int, settings: dict[str, Any]) -> dict[str
     run = session.get_one(EtlRun, run_id)
     source = get_source(run.source, settings)
     checkpoint = session.get(Checkpoint, run.source)
-    cursor = checkpoint.cursor if checkpoint else None
     transformed_up_to = checkpoint.last_raw_id if checkpoint else 0
     model = source.raw_model
-    for batch in batched(source.read(cursor), settings["ETL_BATCH_SIZE"]):
+    for batch in batched(source.read(session, checkpoint), settings["ETL_BATCH_SIZE"]):
         new_keys = insert_raw(session, model, batch, run_id)
         stored_keys = {row.record_key for row in batch} - new_keys
         if stored_keys:
@@ -169,17 +175,24 @@ def extract(session: Session, run_id: int, settings: dict[str, Any]) -> dict[str
         _hold(session, run)
         session.commit()
     context = source.context()
-    _record_drift(session, run, context)
+    _record_read(session, run, context)
     log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
     return {"run_id": run_id, "context": context}
 
 
-def _record_drift(session: Session, run: EtlRun, context: dict[str, Any]) -> None:
+def _record_read(session: Session, run: EtlRun, context: dict[str, Any]) -> None:
+    """Put on the run what the read found: schema drift, and a record left waiting."""
+    details = dict(run.details or {})
     events = FieldMap.from_dict(context.get("fields")).events
     for event in events:
         log.warning("etl.schema_drift", run_id=run.id, source=run.source, **event)
     if events:
-        run.details = {**(run.details or {}), "drift": events}
+        details["drift"] = events
+    if pending := context.get("pending"):
+        log.info("etl.extract.pending", run_id=run.id, source=run.source, **pending)
+        details["pending"] = pending
+    if details != (run.details or {}):
+        run.details = details
         session.commit()
 
 
@@ -192,6 +205,7 @@ def transform_and_upsert(
     failure = FailurePlan.parse(settings["ETL_INJECT_FAILURE"])
     if failure:
         failure.check(run.source, "before_load")
+        failure.check(run.source, "crash")
     checkpoint = session.get(Checkpoint, run.source) or Checkpoint(
         source=run.source, cursor={}, last_raw_id=0
     )
@@ -219,7 +233,8 @@ def transform_and_upsert(
         for raw in raws:
             checkpoint.cursor = source.advance(checkpoint.cursor, raw, context)
         checkpoint.last_raw_id = raws[-1].id
-        checkpoint.last_external_id = source.external_id(raws[-1], context)
+        if unified:
+            checkpoint.last_external_id = unified[-1]["external_id"]
         checkpoint.run_id = run_id
         checkpoint.updated_at = utcnow()
         session.add(checkpoint)
@@ -234,40 +249,36 @@ def transform_and_upsert(
 
 
 def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolver):
-    known = [asset for raw in raws for asset in source.known_assets(raw, context)]
-    upsert_assets(session, known, origin="coingecko")
-    for asset in known:
-        resolver.add(asset.id, asset.symbol, asset.name)
+    source.prepare(session, raws)
     duplicates = source.duplicates(session, raws)
-    unified: list[dict[str, Any]] = []
+    accepted: list[tuple[Any, list[Observation]]] = []
     rejections: list[dict[str, Any]] = []
     for raw in raws:
         try:
             if raw.id in duplicates:
                 raise InvalidValue(duplicates[raw.id])
             observations = source.observations(raw, context)
+            for observation in observations:
+                check_storable(observation)
         except (ValueError, ArithmeticError) as exc:  # InvalidValue, or a parser's own error
             reason = str(exc) if isinstance(exc, InvalidValue) else f"unreadable value: {exc}"
-            reference, text = source.describe(raw)
-            rejections.append(
-                {
-                    "run_id": run.id,
-                    "source": run.source,
-                    "record_key": raw.record_key,
-                    "reference": reference[:255],
-                    "raw_text": text,
-                    "reason": reason,
-                    "rejected_at": utcnow(),
-                }
-            )
+            rejections.append(_rejection(source, run, raw, reason))
             continue
+        accepted.append((raw, observations))
+    # Only a record that loads vouches for a coin's identity.
+    known = [asset for raw, _ in accepted for asset in source.known_assets(raw, context)]
+    upsert_assets(session, known, origin="coingecko")
+    for asset in known:
+        resolver.add(asset.id, asset.symbol, asset.name)
+    unified: list[dict[str, Any]] = []
+    for raw, observations in accepted:
         for observation in observations:
             asset_id = resolver.resolve(observation)
             run.unresolved += asset_id is None
             unified.append(
                 {
                     "source": run.source,
-                    "external_id": observation.external_id[:200],
+                    "external_id": observation.external_id,
                     "asset_id": asset_id,
                     "symbol": observation.symbol or resolver.symbol_of(asset_id),
                     "name": observation.name,
@@ -282,15 +293,58 @@ def _transform_batch(session, source: Source, run: EtlRun, raws, context, resolv
     return unified, rejections
 
 
+def check_storable(observation: Observation) -> None:
+    """Reject an observation whose text the unified table could not hold as given."""
+    for label, value, column in (
+        ("external id", observation.external_id, UnifiedRecord.external_id),
+        ("name", observation.name, UnifiedRecord.name),
+        ("symbol", observation.symbol, UnifiedRecord.symbol),
+    ):
+        check_text(label, value, column.type.length)
+
+
+def _rejection(source: Source, run: EtlRun, raw, reason: str) -> dict[str, Any]:
+    reference, text = source.describe(raw)
+    return {
+        "run_id": run.id,
+        "source": run.source,
+        "record_key": raw.record_key,
+        "reference": storable(reference)[: RejectedRecord.reference.type.length],
+        "raw_text": storable(text),
+        "reason": storable(reason),
+        "rejected_at": utcnow(),
+    }
+
+
 def _finish(
-    session: Session, run: EtlRun, status: str, cursor: dict | None, error: str = ""
+    session: Session,
+    run: EtlRun,
+    status: str,
+    cursor: dict | None,
+    error: str = "",
+    *still: sa.ColumnElement[bool],
 ) -> str:
-    run.status = status
-    run.error = error or None
-    run.finished_at = utcnow()
-    run.duration_ms = int((run.finished_at - run.started_at).total_seconds() * 1000)
-    run.checkpoint_after = cursor
+    """Close a RUNNING run and return its final status; a run already closed keeps its own.
+
+    The update is conditional, so whoever closes a run second changes nothing: a run that
+    finished while it was being closed as abandoned keeps its real status.
+    """
+    finished_at = utcnow()
+    closed = session.execute(
+        sa.update(EtlRun)
+        .where(EtlRun.id == run.id, EtlRun.status == "RUNNING", *still)
+        .values(
+            status=status,
+            error=error or None,
+            finished_at=finished_at,
+            duration_ms=int((finished_at - run.started_at).total_seconds() * 1000),
+            checkpoint_after=cursor,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
     session.commit()
+    if not closed:
+        return run.status
     log.info(
         "etl.run.finished",
         run_id=run.id,

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
-from kasparro.models import RawRecordMixin
+from kasparro.models import Checkpoint, RawRecordMixin
 
 
 class SourceError(RuntimeError):
@@ -65,8 +65,8 @@ class Source(ABC):
         self.settings = settings
 
     @abstractmethod
-    def read(self, cursor: dict[str, Any] | None) -> Iterator[RawRow]:
-        """Yield every record past ``cursor`` as a raw row, usable or not."""
+    def read(self, session: Session, checkpoint: Checkpoint | None) -> Iterator[RawRow]:
+        """Yield every record past what is stored already as a raw row, usable or not."""
 
     @abstractmethod
     def context(self) -> dict[str, Any]:
@@ -84,6 +84,10 @@ class Source(ABC):
     def describe(self, raw: RawRecordMixin) -> tuple[str, str]:
         """Return where the record was (``line 7``) and its text, for a rejection."""
 
+    def prepare(self, session: Session, raws: list[RawRecordMixin]) -> None:
+        """Load what turning ``raws`` into observations needs beyond the rows themselves."""
+        return None  # most sources need nothing beyond the rows
+
     def duplicates(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
         """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
         return {}
@@ -91,7 +95,3 @@ class Source(ABC):
     def known_assets(self, raw: RawRecordMixin, context: dict[str, Any]) -> list[KnownAsset]:
         """Return the coin identities this record vouches for (only an authoritative source)."""
         return []
-
-    def external_id(self, raw: RawRecordMixin, context: dict[str, Any]) -> str | None:
-        """Return the id a checkpoint remembers as the last one it covered."""
-        return None

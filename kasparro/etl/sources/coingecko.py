@@ -7,13 +7,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from sqlalchemy.orm import Session
 
 from kasparro.etl.drift import FieldMap, match_fields
 from kasparro.etl.http_client import JsonClient, RetryPolicy
-from kasparro.etl.parsing import InvalidValue, parse_amount, parse_timestamp
+from kasparro.etl.parsing import InvalidValue, check_text, parse_amount, parse_timestamp
 from kasparro.etl.ratelimit import pacer_for
 from kasparro.etl.sources.base import KnownAsset, Observation, RawRow, Source, SourceError
-from kasparro.models import RawApiRecord
+from kasparro.models import Checkpoint, RawApiRecord
 
 METRIC_FIELDS = (
     ("price_usd", "current_price"),
@@ -68,19 +69,20 @@ class CoinGeckoSource(Source):
         self._fields = FieldMap()
         self._incomplete: str | None = None
 
-    def read(self, cursor: dict[str, Any] | None) -> Iterator[RawRow]:
+    def read(self, session: Session, checkpoint: Checkpoint | None) -> Iterator[RawRow]:
         """Yield each coin object of each page, stopping early at a short or failed page."""
         per_page = self.settings["API_PER_PAGE"]
         pacer = pacer_for(
             self.name, self.settings["API_CALLS_PER_MINUTE"], self.settings["REDIS_URL"]
         )
-        with build_session(self.settings) as session:
+        with build_session(self.settings) as http:
             client = JsonClient(
                 self.name,
-                session,
+                http,
                 pacer,
                 RetryPolicy.from_settings(self.settings),
                 self.settings["API_TIMEOUT_SECONDS"],
+                self.settings["API_MAX_PAGE_BYTES"],
             )
             try:
                 for page in range(1, self.settings["API_MAX_PAGES"] + 1):
@@ -129,20 +131,22 @@ class CoinGeckoSource(Source):
 
     def _raw_row(self, coin: Any) -> RawRow:
         is_object = isinstance(coin, dict)
-        coin_id = self._fields.get(coin, "id") if is_object else None
-        updated = self._fields.get(coin, "last_updated") if is_object else None
-        if isinstance(coin_id, str) and isinstance(updated, str) and coin_id and updated:
-            key = f"{coin_id}@{updated}"
-        else:
+        coin_id = _column_text(
+            self._fields.get(coin, "id") if is_object else None, RawApiRecord.external_id
+        )
+        updated = _column_text(
+            self._fields.get(coin, "last_updated") if is_object else None,
+            RawApiRecord.source_updated_at,
+        )
+        key = f"{coin_id}@{updated}"
+        if not (coin_id and updated) or len(key) > RawApiRecord.record_key.type.length:
+            # No usable natural key: the coin's content identifies it, and it is rejected later.
             text = json.dumps(coin, sort_keys=True, default=str)
             key = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         return RawRow(
-            record_key=key[:255],
+            record_key=key,
             payload=coin,
-            columns={
-                "external_id": str(coin_id or "")[:200],
-                "source_updated_at": str(updated or "")[:64],
-            },
+            columns={"external_id": coin_id, "source_updated_at": updated},
         )
 
     def context(self) -> dict[str, Any]:
@@ -157,19 +161,20 @@ class CoinGeckoSource(Source):
         fields = FieldMap.from_dict(context.get("fields"))
         if fields.missing:
             raise InvalidValue("; ".join(fields.missing.values()))
-        if not raw.external_id:
+        coin_id = fields.get(coin, "id")
+        if not isinstance(coin_id, str) or not coin_id:
             raise InvalidValue("coin has no id")
         timestamp = parse_timestamp(fields.get(coin, "last_updated"))
         name, symbol = fields.get(coin, "name"), fields.get(coin, "symbol")
         observations = [
             Observation(
-                external_id=raw.external_id,
+                external_id=coin_id,
                 metric=metric,
                 value=parse_amount(fields.get(coin, field)),
                 timestamp=timestamp,
                 name=name if isinstance(name, str) else None,
                 symbol=symbol.upper() if isinstance(symbol, str) else None,
-                asset_hint=raw.external_id,
+                asset_hint=coin_id,
             )
             for metric, field in METRIC_FIELDS
             if fields.get(coin, field) is not None
@@ -187,7 +192,7 @@ class CoinGeckoSource(Source):
         symbol, name = fields.get(coin, "symbol"), fields.get(coin, "name")
         if not isinstance(symbol, str) or not isinstance(name, str):
             return []
-        return [KnownAsset(id=raw.external_id, symbol=symbol.lower()[:50], name=name[:200])]
+        return [KnownAsset(id=raw.external_id, symbol=symbol.lower(), name=name)]
 
     def advance(self, cursor: dict, raw: RawApiRecord, context: dict[str, Any]) -> dict:
         """Return the high-water ``last_updated`` seen so far."""
@@ -198,6 +203,13 @@ class CoinGeckoSource(Source):
         """Return the coin id and its JSON."""
         return f"coin {raw.external_id or '?'}", json.dumps(raw.payload, default=str)
 
-    def external_id(self, raw: RawApiRecord, context: dict[str, Any]) -> str | None:
-        """Return the coin id."""
-        return raw.external_id or None
+
+def _column_text(value: Any, column) -> str:
+    """Return ``value`` if ``column`` can hold it as given on every engine, else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        check_text(column.key, value, column.type.length)
+    except InvalidValue:
+        return ""
+    return value

@@ -1,10 +1,21 @@
-"""Streaming CSV reading shared by the CSV sources: offsets, appends and replaced files."""
+"""Streaming CSV reading shared by the CSV sources: appends, edits, replaced files, bad bytes.
 
+Records are framed here, on bytes, rather than by the csv module, because framing decides what
+may be held in memory and what waits: a record is one line, or several while a quoted field is
+open, and both its bytes and its lines are bounded. A line over the limit is streamed past
+and kept only in part; a record whose end is not written yet waits for the next run, unless
+the file has not changed for ``CSV_SETTLE_SECONDS``: then it is read as it stands. The csv
+module then splits each record into fields, with the header of the generation it was read in.
+"""
+
+import codecs
 import csv
 import hashlib
 import os
+import time
 from abc import abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -14,9 +25,12 @@ from sqlalchemy.orm import Session
 from kasparro.etl.drift import FieldMap, match_fields
 from kasparro.etl.parsing import InvalidValue
 from kasparro.etl.sources.base import Observation, RawRow, Source, SourceError
-from kasparro.models import RawCsvRecordMixin
+from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecordMixin
 
 MAX_RECORD_LINES = 100  # a quoted field spanning more lines than this is a stray quote
+READ_CHUNK = 64 * 1024  # what an over-long line or a fingerprinted prefix is read in
+OPEN_QUOTE = "a quoted field is still open at the end of the file"
+NO_LINE_END = "the last line has no line ending yet"
 
 
 def split_row(text: str) -> list[str] | None:
@@ -28,64 +42,149 @@ def split_row(text: str) -> list[str] | None:
 
 
 def content_hash(body: bytes) -> str:
-    """Return the hash that identifies a row's text, line ending excluded."""
+    """Return the hash that identifies a record's bytes, line ending excluded."""
     return hashlib.sha256(body.rstrip(b"\r\n")).hexdigest()
+
+
+class RecordHash:
+    """``content_hash`` of a record fed in pieces: trailing line-end bytes are held back."""
+
+    def __init__(self):
+        self._hash = hashlib.sha256()
+        self._held = b""
+
+    def update(self, piece: bytes) -> None:
+        """Add the next bytes of the record."""
+        body = piece.rstrip(b"\r\n")
+        if not body:  # only line-end bytes so far: they count if more text follows
+            self._held += piece
+            return
+        self._hash.update(self._held)
+        self._hash.update(body)
+        self._held = piece[len(body) :]
+
+    def hexdigest(self) -> str:
+        """Return the hash of everything fed so far, without the trailing line ending."""
+        return self._hash.hexdigest()
+
+
+def ascii_compatible_encoding(name: str, setting: str) -> str:
+    """Return the codec name of ``name``; it must frame lines and fields as ASCII does."""
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise SourceError(f"{setting}={name!r} is not an encoding this system knows") from None
+    if 'id,"x"\r\n'.encode(codec) != b'id,"x"\r\n':
+        raise SourceError(f"{setting}={name!r} is not ASCII-compatible; CSV lines cannot be framed")
+    return codec
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What reading a file from its top learned: the header its rows are split with."""
+
+    number: int
+    header: list[str]
+    header_hash: str
+    fields: FieldMap
+    encoding: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record framed from the file: where it is and its bytes (a prefix, if truncated)."""
+
+    start: int
+    end: int
+    line: int
+    data: bytes
+    truncated: bool
+    digest: str
+    prefix_hash: str
 
 
 class CsvSource(Source):
     """A CSV file read as a stream from a byte offset, so appended rows cost only themselves.
 
-    The cursor records the file's header hash, the byte offset after the last row covered and
-    that row's start and hash. A file whose header or last covered row no longer matches, or that
-    is shorter than the offset, was replaced rather than appended to: it is read again from the
-    top as a new generation, and the unified upsert turns re-read rows into no-ops.
+    A read resumes after the newest record stored, or else after the checkpoint. It checks
+    first that the file still holds what was read: the same header, and the same bytes up to
+    that point (a fingerprint of the whole covered prefix, so an edit anywhere above it is
+    seen). A file that fails the check was replaced or edited: it is read again from the top
+    as a new generation, numbered above every earlier one, and the unified upsert turns rows
+    already known into no-ops while a corrected row's value wins.
     """
 
     path_setting: ClassVar[str]
+    encoding_setting: ClassVar[str]
     columns: ClassVar[tuple[str, ...]]
 
     def __init__(self, settings: dict[str, Any]):
         super().__init__(settings)
-        self._context: dict[str, Any] = {}
+        self._fields = FieldMap()
+        self._pending: dict[str, Any] | None = None
+        self._generations: dict[int, Generation] = {}
+        self._settled = False
 
     @property
     def path(self) -> Path:
         """Return the file this source reads."""
         return Path(self.settings[self.path_setting])
 
-    def read(self, cursor: dict[str, Any] | None) -> Iterator[RawRow]:
-        """Yield the rows after the cursor, or every row if the file was replaced."""
+    @property
+    def limit(self) -> int:
+        """Return the most bytes one record may have, line ending included."""
+        return self.settings["CSV_MAX_RECORD_BYTES"]
+
+    def read(self, session: Session, checkpoint: Checkpoint | None) -> Iterator[RawRow]:
+        """Yield the records after those already stored, or every record of a changed file."""
+        encoding = ascii_compatible_encoding(
+            self.settings[self.encoding_setting], self.encoding_setting
+        )
+        resume = self._resume_point(session, checkpoint)
         try:
             handle = open(self.path, "rb")
         except OSError as exc:
             raise SourceError(f"cannot open {self.path}: {exc.strerror}") from None
         with handle:
-            header_line = handle.readline()
-            header = self._header(header_line)
+            # A file nobody has written to for a while is complete, last line included.
+            quiet = time.time() - os.fstat(handle.fileno()).st_mtime
+            self._settled = quiet >= self.settings["CSV_SETTLE_SECONDS"]
+            header_line = handle.readline(self.limit + 1)
+            if not header_line:
+                raise SourceError(f"{self.path.name} has no header line")
+            if len(header_line) > self.limit:
+                raise SourceError(f"{self.path.name}: header is longer than CSV_MAX_RECORD_BYTES")
+            if not header_line.endswith(b"\n"):
+                self._pending = {"line": 1, "bytes": len(header_line), "reason": NO_LINE_END}
+                return
+            header = self._header(header_line, encoding)
             header_hash = content_hash(header_line)
-            if cursor and self._continues(handle, cursor, header_hash):
-                generation, offset, line_no = cursor["generation"], cursor["offset"], cursor["line"]
+            self._fields = self._match_header(header)
+            prefix = hashlib.sha256()
+            place = self._continues(handle, resume, header_hash, prefix)
+            if place is None:
+                prefix = hashlib.sha256(header_line)
+                number, line = None, 1
+                handle.seek(len(header_line))
             else:
-                generation = (cursor or {}).get("generation", 0) + 1
-                offset, line_no = len(header_line), 1
-            self._context = {
-                "generation": generation,
-                "header_hash": header_hash,
-                "header": header,
-                "fields": self._match_header(header).to_dict(),
-            }
-            handle.seek(offset)
-            yield from self._rows(handle, header, generation, line_no)
+                number, line = place
+            for record in self._records(handle, prefix, line):
+                if number is None:  # numbered only once there is a record to keep
+                    number = self._new_generation(
+                        session, resume, Generation(0, header, header_hash, self._fields, encoding)
+                    )
+                yield self._raw_row(record, number, encoding)
 
     def context(self) -> dict[str, Any]:
-        """Return the generation and header of the read that just ended."""
-        return self._context
+        """Return the field map of the read that just ended and what is left waiting."""
+        return {"fields": self._fields.to_dict(), "pending": self._pending}
 
-    def _header(self, line: bytes) -> list[str]:
+    def _header(self, line: bytes, encoding: str) -> list[str]:
+        codec = "utf-8-sig" if encoding == "utf-8" else encoding
         try:
-            text = line.decode("utf-8-sig")
+            text = line.decode(codec)
         except UnicodeDecodeError:
-            raise SourceError(f"{self.path.name}: header is not valid UTF-8") from None
+            raise SourceError(f"{self.path.name}: header is not valid {encoding}") from None
         header = [name.strip() for name in next(csv.reader([text]), [])]
         if not any(header):
             raise SourceError(f"{self.path.name} has no header line")
@@ -98,76 +197,222 @@ class CsvSource(Source):
             fields.events.append({"kind": "reordered", "found": header, "action": "mapped by name"})
         return fields
 
-    @staticmethod
-    def _continues(handle: BinaryIO, cursor: dict[str, Any], header_hash: str) -> bool:
-        if cursor.get("header_hash") != header_hash:
-            return False
-        if os.fstat(handle.fileno()).st_size < cursor["offset"]:
-            return False
-        if cursor.get("last_start") is None:
-            return True
-        handle.seek(cursor["last_start"])
-        last_row = handle.read(cursor["offset"] - cursor["last_start"])
-        return content_hash(last_row) == cursor["last_hash"]
+    def _resume_point(self, session: Session, checkpoint: Checkpoint | None) -> dict | None:
+        # Records read but not transformed yet (a failed run) are not read again.
+        model = self.raw_model
+        newest = session.scalar(
+            sa.select(model)
+            .where(model.id > (checkpoint.last_raw_id if checkpoint else 0))
+            .order_by(model.id.desc())
+            .limit(1)
+        )
+        if newest is None:
+            return checkpoint.cursor if checkpoint else None
+        self.prepare(session, [newest])
+        return self.advance({}, newest, {})
 
     @staticmethod
-    def _rows(
-        handle: BinaryIO, header: list[str], generation: int, line_no: int
-    ) -> Iterator[RawRow]:
+    def _continues(
+        handle: BinaryIO, resume: dict | None, header_hash: str, prefix
+    ) -> tuple[int, int] | None:
+        """Return (generation, line) to read on from, or None when the file must be re-read."""
+        if not resume or resume.get("header_hash") != header_hash:
+            return None
+        offset = resume["offset"]
+        if os.fstat(handle.fileno()).st_size < offset:
+            return None
+        last = RecordHash()
+        handle.seek(0)
+        while handle.tell() < offset:
+            chunk = handle.read(min(READ_CHUNK, offset - handle.tell()))
+            prefix.update(chunk)
+            start = handle.tell() - len(chunk)
+            if resume.get("fingerprint") is None and handle.tell() > resume["last_start"]:
+                last.update(chunk[max(0, resume["last_start"] - start) :])
+        if resume.get("fingerprint") is not None:
+            same = prefix.hexdigest() == resume["fingerprint"]
+        else:  # a checkpoint from before fingerprints: its last record must be unchanged
+            same = resume.get("last_start") is None or last.hexdigest() == resume["last_hash"]
+        return (resume["generation"], resume["line"]) if same else None
+
+    def _records(self, handle: BinaryIO, prefix, line: int) -> Iterator[Record]:
+        """Frame records from the handle's position; stop at one whose end is not written yet."""
+        self._pending = None
         while True:
             start = handle.tell()
-            chunk = handle.readline()
-            if not chunk.endswith(b"\n"):
-                return  # the end, or a last line still being written: read once it is complete
-            line_no += 1
-            first_line, first_end = line_no, handle.tell()
-            # A quoted field may hold a line break: take whole lines until the quotes balance.
-            while chunk.count(b'"') % 2 and line_no - first_line < MAX_RECORD_LINES:
-                more = handle.readline()
-                if not more.endswith(b"\n"):
-                    break
-                chunk += more
-                line_no += 1
-            if chunk.count(b'"') % 2:  # a stray quote: the first line alone is the record
-                handle.seek(first_end)
-                chunk, line_no = chunk[: first_end - start], first_line
-            if not chunk.strip():
+            first = handle.readline(self.limit + 1)
+            if not first:
+                return
+            if len(first) > self.limit:
+                record = self._overlong(handle, first, start, line + 1, prefix)
+                if record is None:
+                    return
+                line += 1
+                yield record
                 continue
-            text = chunk.rstrip(b"\r\n").decode("utf-8", errors="replace")
-            fields = split_row(text)
-            width_ok = fields is not None and len(fields) == len(header)
-            yield RawRow(
-                record_key=f"{generation}:{first_line}",
-                payload=dict(zip(header, fields, strict=True)) if width_ok else None,
-                columns={
-                    "generation": generation,
-                    "content_hash": content_hash(chunk),
-                    "line_no": first_line,
-                    "start_offset": start,
-                    "end_offset": handle.tell(),
-                    "raw_text": text,
-                },
+            if not first.endswith(b"\n") and not self._settled:
+                reason = OPEN_QUOTE if first.count(b'"') % 2 else NO_LINE_END
+                self._pending = {"line": line + 1, "bytes": len(first), "reason": reason}
+                return
+            data, lines = first, 1
+            if first.count(b'"') % 2:
+                data, lines = self._quoted(handle, first, start, line + 1)
+                if data is None:
+                    return
+            prefix.update(data)
+            line += lines
+            if data.strip():  # a blank line is not a record
+                yield Record(
+                    start=start,
+                    end=start + len(data),
+                    line=line - lines + 1,
+                    data=data,
+                    truncated=False,
+                    digest=content_hash(data),
+                    prefix_hash=prefix.hexdigest(),
+                )
+
+    def _quoted(
+        self, handle: BinaryIO, first: bytes, start: int, line: int
+    ) -> tuple[bytes | None, int]:
+        # A quoted field may hold line breaks: take whole lines while the quotes do not balance.
+        data, lines = first, 1
+        while data.count(b'"') % 2 and lines < MAX_RECORD_LINES:
+            room = self.limit - len(data)
+            more = handle.readline(room + 1)
+            if len(more) > room:
+                break  # over the limit: the quote was a stray one
+            if not more.endswith(b"\n"):  # the end of the file: the rest may not be written yet
+                if self._settled:  # ... unless the file is complete as it stands
+                    data, lines = data + more, lines + bool(more)
+                    break
+                data += more
+                reason = OPEN_QUOTE if data.count(b'"') % 2 else NO_LINE_END
+                self._pending = {"line": line, "bytes": len(data), "reason": reason}
+                return None, 0
+            data += more
+            lines += 1
+        if data.count(b'"') % 2:  # a stray quote: its line alone is the record
+            handle.seek(start + len(first))
+            return first, 1
+        return data, lines
+
+    def _overlong(
+        self, handle: BinaryIO, first: bytes, start: int, line: int, prefix
+    ) -> Record | None:
+        # Streamed to its end without being held: only its first bytes are kept.
+        digest = RecordHash()
+        piece = first
+        while True:
+            digest.update(piece)
+            prefix.update(piece)
+            if piece.endswith(b"\n"):
+                break
+            piece = handle.readline(READ_CHUNK)
+            if not piece and self._settled:
+                break
+            if not piece:
+                size = handle.tell() - start
+                self._pending = {"line": line, "bytes": size, "reason": NO_LINE_END}
+                return None
+        return Record(
+            start=start,
+            end=handle.tell(),
+            line=line,
+            data=first[: self.limit],
+            truncated=True,
+            digest=digest.hexdigest(),
+            prefix_hash=prefix.hexdigest(),
+        )
+
+    def _raw_row(self, record: Record, generation: int, encoding: str) -> RawRow:
+        body = record.data if record.truncated else record.data.rstrip(b"\r\n")
+        text = None
+        if not record.truncated and b"\x00" not in body:
+            try:
+                text = body.decode(encoding)
+            except UnicodeDecodeError:
+                pass  # kept as bytes; the transform rejects it with the reason
+        return RawRow(
+            record_key=f"{generation}:{record.line}",
+            payload=None,
+            columns={
+                "generation": generation,
+                "content_hash": record.digest,
+                "line_no": record.line,
+                "start_offset": record.start,
+                "end_offset": record.end,
+                "raw_text": text,
+                "raw_bytes": None if text is not None else body,
+                "truncated": record.truncated,
+                "prefix_hash": record.prefix_hash,
+            },
+        )
+
+    def _new_generation(self, session: Session, resume: dict | None, read: Generation) -> int:
+        latest = session.scalar(
+            sa.select(sa.func.max(CsvGeneration.generation)).where(
+                CsvGeneration.source == self.name
+            )
+        )
+        number = max(latest or 0, (resume or {}).get("generation", 0)) + 1
+        session.add(
+            CsvGeneration(
+                source=self.name,
+                generation=number,
+                header=read.header,
+                header_hash=read.header_hash,
+                fields=read.fields.to_dict(),
+                encoding=read.encoding,
+            )
+        )
+        session.flush()
+        self._generations[number] = Generation(
+            number, read.header, read.header_hash, read.fields, read.encoding
+        )
+        return number
+
+    def prepare(self, session: Session, raws: list[RawCsvRecordMixin]) -> None:
+        """Load the header and field map of every generation ``raws`` were read in."""
+        wanted = {raw.generation for raw in raws} - set(self._generations)
+        if not wanted:
+            return
+        for row in session.scalars(
+            sa.select(CsvGeneration).where(
+                CsvGeneration.source == self.name, CsvGeneration.generation.in_(wanted)
+            )
+        ):
+            fields = (
+                FieldMap.from_dict(row.fields)
+                if row.fields is not None
+                else self._match_header(row.header)
+            )
+            self._generations[row.generation] = Generation(
+                row.generation, row.header, row.header_hash, fields, row.encoding
             )
 
     def advance(self, cursor: dict, raw: RawCsvRecordMixin, context: dict[str, Any]) -> dict:
-        """Return a cursor just past ``raw``."""
+        """Return a cursor just past ``raw``, with the fingerprint of everything up to it."""
+        if raw.raw_text is not None:
+            breaks = raw.raw_text.count("\n")
+        else:
+            breaks = (raw.raw_bytes or b"").count(b"\n")
         return {
             "generation": raw.generation,
-            "header_hash": context["header_hash"],
+            "header_hash": self._generations[raw.generation].header_hash,
             "offset": raw.end_offset,
-            "line": raw.line_no + raw.raw_text.count("\n"),
+            "line": raw.line_no + breaks,
             "last_start": raw.start_offset,
             "last_hash": raw.content_hash,
+            "fingerprint": raw.prefix_hash,
         }
 
     def describe(self, raw: RawCsvRecordMixin) -> tuple[str, str]:
-        """Return the row's line number and text."""
-        return f"line {raw.line_no}", raw.raw_text
-
-    def external_id(self, raw: RawCsvRecordMixin, context: dict[str, Any]) -> str | None:
-        """Return the row's first field, its id."""
-        fields = FieldMap.from_dict(context.get("fields"))
-        return fields.get(raw.payload or {}, self.columns[0])
+        """Return the record's line number and its text (undecodable bytes as ``\\xNN``)."""
+        if raw.raw_text is not None:
+            return f"line {raw.line_no}", raw.raw_text
+        encoding = self._generations[raw.generation].encoding
+        return f"line {raw.line_no}", (raw.raw_bytes or b"").decode(encoding, "backslashreplace")
 
     def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
         """Find rows whose text repeats an earlier row of the same file generation."""
@@ -187,20 +432,41 @@ class CsvSource(Source):
         }
 
     def observations(self, raw: RawCsvRecordMixin, context: dict[str, Any]) -> list[Observation]:
-        """Turn one row into observations; a row of the wrong width is rejected."""
-        if raw.payload is None:
-            fields = split_row(raw.raw_text)
-            if fields is None:
-                raise InvalidValue("malformed row: not valid CSV")
-            expected = len(context["header"])
-            raise InvalidValue(f"malformed row: expected {expected} fields, got {len(fields)}")
-        field_map = FieldMap.from_dict(context.get("fields"))
-        if field_map.missing:
-            raise InvalidValue("; ".join(field_map.missing.values()))
-        fields = {name: (field_map.get(raw.payload, name) or "").strip() for name in self.columns}
+        """Split a record with its generation's header and map it to observations."""
+        generation = self._generations[raw.generation]
+        if raw.raw_text is None:
+            raise InvalidValue(self._unreadable(raw, generation.encoding))
+        values = split_row(raw.raw_text)
+        if values is None:
+            raise InvalidValue("malformed row: not valid CSV")
+        if len(values) != len(generation.header):
+            expected = len(generation.header)
+            raise InvalidValue(f"malformed row: expected {expected} fields, got {len(values)}")
+        if generation.fields.missing:
+            raise InvalidValue("; ".join(generation.fields.missing.values()))
+        record = dict(zip(generation.header, values, strict=True))
+        fields = {
+            name: (generation.fields.get(record, name) or "").strip() for name in self.columns
+        }
         if not fields[self.columns[0]]:
             raise InvalidValue(f"missing {self.columns[0]}")
         return self.row_observations(fields)
+
+    @staticmethod
+    def _unreadable(raw: RawCsvRecordMixin, encoding: str) -> str:
+        data = raw.raw_bytes or b""
+        if raw.truncated:
+            return (
+                f"line of {raw.end_offset - raw.start_offset} bytes is longer than "
+                f"CSV_MAX_RECORD_BYTES ({len(data)}); its first {len(data)} bytes are kept"
+            )
+        if (at := data.find(b"\x00")) >= 0:
+            return f"contains a NUL byte at byte {at}"
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            return f"not valid {encoding}: {exc.reason} at byte {exc.start}"
+        return f"not readable as {encoding} text"
 
     @abstractmethod
     def row_observations(self, fields: dict[str, str]) -> list[Observation]:

@@ -23,6 +23,7 @@ class CsvMarketsSource(CsvSource):
 
     name = "csv2"
     raw_model = RawCsv2Record
+    encoding_setting = "CSV2_ENCODING"
     path_setting = "CSV2_PATH"
     columns = ("record_id", "full_name", "score", "created_at")
 

@@ -11,6 +11,7 @@ class CsvPricesSource(CsvSource):
 
     name = "csv1"
     raw_model = RawCsvRecord
+    encoding_setting = "CSV1_ENCODING"
     path_setting = "CSV1_PATH"
     columns = ("id", "name", "value", "timestamp")
 
