@@ -10,6 +10,7 @@ from kasparro.config import env_int
 from kasparro.etl.sources import SOURCE_NAMES
 
 DEFAULT_SCHEDULE_SECONDS = {"coingecko_api": 300}  # other sources: 600
+DEFAULT_RETENTION_SECONDS = 3600
 
 
 def schedule_setting(source: str) -> str:
@@ -59,7 +60,7 @@ result_expires = 86400
 timezone = "UTC"
 enable_utc = True
 task_default_queue = os.environ.get("CELERY_QUEUE", "").strip() or "etl"
-imports = ("tasks.etl",)
+imports = ("tasks.etl", "tasks.maintenance")
 # Kasparro's own structured, redacting logging stays in charge in worker processes too.
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
@@ -73,4 +74,9 @@ beat_schedule = {
         "args": (source,),
     }
     for source in SOURCE_NAMES
+}
+# Retention deletes old raw rows in short batches (kasparro.etl.retention), never blocking a run.
+beat_schedule["retention"] = {
+    "task": "etl.retention",
+    "schedule": float(env_int("SCHEDULE_RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS)),
 }

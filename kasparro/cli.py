@@ -1,4 +1,4 @@
-"""``flask etl run`` and ``flask etl status``."""
+"""``flask etl run``, ``flask etl status`` and ``flask etl retention``."""
 
 import json
 
@@ -8,6 +8,7 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from kasparro.etl.pipeline import SourceBusy, describe_error, run_source
+from kasparro.etl.retention import apply_retention, raw_age_setting
 from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
 from kasparro.models import Checkpoint
@@ -104,3 +105,18 @@ def status_command():
             click.echo(f"{'':<14} error: {run.error}")
         cursor = json.dumps(checkpoint.cursor, sort_keys=True) if checkpoint else "none"
         click.echo(f"{'':<14} checkpoint: {cursor}")
+
+
+@etl_cli.command("retention")
+def retention_command():
+    """Delete covered raw rows (and observations, if configured) past their age; print counts."""
+    report = apply_retention(db.session, current_app.config)
+    for source in SOURCE_NAMES:
+        if source in report.raw:
+            click.echo(f"{source:<14} raw rows deleted: {report.raw[source]}")
+        else:
+            click.echo(f"{source:<14} raw rows kept: {raw_age_setting(source)} is 0")
+    if current_app.config["RETENTION_UNIFIED_DAYS"] > 0:
+        click.echo(f"{'unified':<14} observations deleted: {report.unified}")
+    for table, reason in report.deferred.items():
+        click.echo(f"{table:<14} left for the next pass: {reason}")

@@ -96,6 +96,15 @@ def load_settings() -> dict:
         "ETL_WORKER_LOST_RETRY_DELAY_SECONDS": env_int("ETL_WORKER_LOST_RETRY_DELAY_SECONDS", 30),
         "ETL_INJECT_FAILURE": _str("ETL_INJECT_FAILURE"),
         "ETL_STALE_AFTER_SECONDS": env_int("ETL_STALE_AFTER_SECONDS", 900),
+        # Retention (kasparro.etl.retention): raw rows the transform has covered go after this
+        # many days, per source; 0 keeps them. CoinGecko's payloads are big and come every run.
+        "RETENTION_RAW_DAYS_COINGECKO_API": env_int("RETENTION_RAW_DAYS_COINGECKO_API", 7),
+        "RETENTION_RAW_DAYS_CSV1": env_int("RETENTION_RAW_DAYS_CSV1", 0),
+        "RETENTION_RAW_DAYS_CSV2": env_int("RETENTION_RAW_DAYS_CSV2", 0),
+        "RETENTION_UNIFIED_DAYS": env_int("RETENTION_UNIFIED_DAYS", 0),
+        "RETENTION_BATCH_SIZE": max(1, env_int("RETENTION_BATCH_SIZE", 1000)),
+        "RETENTION_PAUSE_SECONDS": env_float("RETENTION_PAUSE_SECONDS", 0.1),
+        "RETENTION_MAX_PASS_SECONDS": env_float("RETENTION_MAX_PASS_SECONDS", 300.0),
         "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),
         "LOG_FORMAT": _str("LOG_FORMAT", "json").lower(),
         "CORS_ORIGINS": _str("CORS_ORIGINS"),

@@ -3,10 +3,15 @@
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from kasparro.db_types import utcnow
+from kasparro.extensions import db
+from kasparro.models import RawCsvRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
@@ -92,3 +97,24 @@ def test_the_real_commands_migrate_and_load_an_embedded_sqlite_database(tmp_path
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT COUNT(*) FROM unified_records")) == 15 + 14 + 12
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("age_days", "line", "deleted"),
+    [
+        (0, "csv1           raw rows kept: RETENTION_RAW_DAYS_CSV1 is 0", 0),
+        (7, "csv1           raw rows deleted: 13", 13),
+    ],
+)
+def test_retention_deletes_covered_raw_rows_past_their_age(app, runner, age_days, line, deleted):
+    app.config["RETENTION_RAW_DAYS_CSV1"] = age_days
+    assert runner.invoke(args=["etl", "run", "--source", "csv1"]).exit_code == 0
+    db.session.execute(sa.update(RawCsvRecord).values(received_at=utcnow() - timedelta(days=8)))
+    db.session.commit()
+
+    result = runner.invoke(args=["etl", "retention"])
+
+    assert result.exit_code == 0, result.output
+    assert line in result.stdout
+    kept = db.session.scalar(sa.select(sa.func.count()).select_from(RawCsvRecord))
+    assert kept == 14 - deleted  # the newest row stays, whatever its age
