@@ -97,7 +97,7 @@ def test_rows_waiting_from_a_replaced_file_are_read_with_their_own_header(app, r
     [
         ("2922.48", "2922.49", ""),
         ("2922.48", "3000", ""),
-        ("2922.48", "2922.5", "newcoin,Newcoin,1,2025-12-28T00:00:00Z\n"),
+        ("2922.48", "2922.47", "newcoin,Newcoin,1,2025-12-28T00:00:00Z\n"),
     ],
     ids=["same-length", "other-length", "with-an-append"],
 )
