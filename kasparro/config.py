@@ -143,7 +143,7 @@ def secret_values(config) -> list[str]:
     secrets = [
         config.get("API_KEY", ""),
         config.get("ETL_ADMIN_TOKEN", ""),
-        os.environ.get("FLOWER_BASIC_AUTH", "").partition(":")[2],
+        *(pair.partition(":")[2] for pair in os.environ.get("FLOWER_BASIC_AUTH", "").split(",")),
         *(_url_password(url) for url in urls if url),
     ]
     return [s for s in secrets if s and len(s) >= 4]

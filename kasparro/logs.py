@@ -40,6 +40,9 @@ def _written_or_encoded(secret: str) -> str:
             forms.append(rf"(?i:\\(?:x{code:02x}|u{code:04x}|U{code:08x}))")
             # The repr of bytes escapes each byte of the character's UTF-8 form.
             forms.append("(?i:" + "".join(rf"\\+x{b:02x}" for b in char.encode()) + ")")
+            if code > 0xFFFF:  # JSON writes it as a surrogate pair
+                high, low = divmod(code - 0x10000, 0x400)
+                forms.append(rf"(?i:\\u{0xD800 + high:04x}\\+u{0xDC00 + low:04x})")
         # Any run of backslashes may come first: escaping nests (a repr inside a JSON line).
         parts.append(rf"\\*(?:{'|'.join(forms)})")
     # A match starts where a run of backslashes starts, never inside one: linear, not quadratic.

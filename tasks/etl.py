@@ -123,13 +123,17 @@ def record_lost_worker(sender=None, exception=None, args=None, **kwargs) -> None
         return
     run_id = _RUN_ID_OF[sender.name](args)
     cause = str(exception).split(" Job:")[0]
+    deaths = sender.request.retries + 1
     lost = WorkerLost(
-        f"the worker process running {sender.name} died {sender.request.retries + 1} times "
+        f"the worker process running {sender.name} died {deaths} time{'s' * (deaths > 1)} "
         f"({cause}); not retried again"
     )
     with sender.app_context():
         pipeline.fail_run(db.session, run_id, lost)
         db.session.remove()
+        # This runs in the worker's main process: processes it forks later must not inherit
+        # its database connection.
+        db.engine.dispose()
     log.error("etl.task.worker_lost", task=sender.name, run_id=run_id, error=str(lost))
 
 

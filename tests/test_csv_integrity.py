@@ -8,6 +8,7 @@ import tracemalloc
 import pytest
 import sqlalchemy as sa
 
+from kasparro.etl import pipeline
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecord, UnifiedRecord
 from tests.csv_files import (
@@ -295,24 +296,21 @@ def test_an_unterminated_last_line_waits_and_is_reported_on_the_run(run_etl, csv
 
 
 @pytest.mark.parametrize(
-    ("tail", "loaded", "rejected"),
+    ("tail", "loaded", "rejected", "next_line"),
     [
-        (b"dogecoin,Dogecoin,0.1262," + TS.encode(), {"dogecoin": "0.1262"}, []),
-        (
-            b'bitcoin,"Bit\ncoin",1,' + TS.encode(),
-            {"bitcoin": "1"},
-            [],
-        ),
+        (b"dogecoin,Dogecoin,0.1262," + TS.encode(), {"dogecoin": "0.1262"}, [], 4),
+        (b'bitcoin,"Bit\ncoin",1,' + TS.encode(), {"bitcoin": "1"}, [], 5),
         (
             b'bitcoin,"Bitcoin,1,' + TS.encode() + b"\n",
             {},
             [("line 3", "malformed row: expected 4 fields, got 2")],
+            5,  # after the blank line 4
         ),
     ],
     ids=["unterminated-line", "unterminated-quoted-record", "stray-quote-at-the-end"],
 )
 def test_a_file_at_rest_past_the_settle_time_has_its_last_record_read_as_it_stands(
-    run_etl, csv_paths, tail, loaded, rejected
+    run_etl, csv_paths, tail, loaded, rejected, next_line
 ):
     path = csv_paths["CSV1_PATH"]
     write(path, (CSV1_HEADER + GOOD).encode() + tail)
@@ -327,3 +325,85 @@ def test_a_file_at_rest_past_the_settle_time_has_its_last_record_read_as_it_stan
     write(path, f"\nnewcoin,Newcoin,1,{TS}\n".encode(), mode="a")
     later = run_etl("csv1")["csv1"]
     assert (later.rows_read, later.inserted, later.rejected) == (1, 1, 0)
+    # The line ending written after the pause ends the line read as it stood: no line between.
+    newest = db.session.scalar(sa.select(RawCsvRecord).order_by(RawCsvRecord.id.desc()).limit(1))
+    assert newest.line_no == next_line
+
+
+@pytest.mark.parametrize(
+    ("tail", "rest"),
+    [(f"dogecoin,Dogecoin,0.1262,{TS}", "\n"), ('bitcoin,"Bit\n', f'coin",1,{TS}\n')],
+    ids=["unterminated-line", "open-quote"],
+)
+def test_a_file_at_rest_that_grows_during_the_read_keeps_its_new_tail_waiting(
+    app, run_etl, csv_paths, monkeypatch, tail, rest
+):
+    path = csv_paths["CSV1_PATH"]
+    write(path, CSV1_HEADER + GOOD + rows(("solana", 3)))
+    settle(path)
+    app.config["ETL_BATCH_SIZE"] = 1
+    insert_raw = pipeline.insert_raw
+
+    def producer_writes_meanwhile(*args, **kwargs):
+        if not producer_writes_meanwhile.done:  # during the first batch of a read at rest
+            producer_writes_meanwhile.done = True
+            write(path, tail, mode="a")
+        return insert_raw(*args, **kwargs)
+
+    producer_writes_meanwhile.done = False
+    monkeypatch.setattr(pipeline, "insert_raw", producer_writes_meanwhile)
+    first = run_etl("csv1")["csv1"]
+    monkeypatch.undo()
+    write(path, rest, mode="a")
+    second = run_etl("csv1")["csv1"]
+
+    assert (first.rows_read, first.rejected, first.details["pending"]["line"]) == (2, 0, 4)
+    assert (second.rows_read, second.inserted, second.rejected) == (1, 1, 0)
+    assert rejections("csv1") == []
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    ['Coin 5" A', 'Coin 5" A"'],
+    ids=["one-inch-mark", "two-marks"],
+)
+def test_a_quote_inside_an_unquoted_field_is_an_ordinary_character(run_etl, csv_paths, quoted):
+    path = csv_paths["CSV1_PATH"]
+    body = f'a,{quoted},1,{TS}\nb,Coin B,2,{TS}\nc,Coin 7" C,3,{TS}\n'
+    write(path, CSV1_HEADER + body + "".join(f"x{i},X,{i},{TS}\n" for i in range(30)))
+
+    run = run_etl("csv1")["csv1"]
+
+    assert (run.status, run.rows_read, run.rejected) == ("SUCCESS", 33, 0)
+    assert "pending" not in (run.details or {})
+    names = dict(db.session.execute(sa.select(UnifiedRecord.external_id, UnifiedRecord.name)).all())
+    assert (names["a"], names["c"]) == (quoted, 'Coin 7" C')
+
+
+@pytest.mark.parametrize(
+    ("raw_name", "reason"),
+    [
+        (b"Bit\\u0000coin", "the row contains a NUL character at character 11"),
+        (b"Bit\\ud800coin", "the row is not valid text: a lone surrogate at character 11"),
+    ],
+    ids=["escaped-nul", "escaped-surrogate"],
+)
+def test_text_an_encoding_decodes_to_that_no_database_holds_is_rejected(
+    app, run_etl, csv_paths, raw_name, reason
+):
+    app.config["CSV1_ENCODING"] = "raw_unicode_escape"
+    row = b"bitcoin," + raw_name + b",1," + TS.encode() + b"\n"
+    write(csv_paths["CSV1_PATH"], (CSV1_HEADER + GOOD).encode() + row)
+
+    run = run_etl("csv1")["csv1"]
+
+    assert (run.status, run.inserted, run.rejected) == ("PARTIAL", 1, 1)
+    assert rejections("csv1") == [("line 3", f"decoded as raw-unicode-escape, {reason}")]
+
+
+def test_a_feed_declared_utf_8_sig_is_read_as_utf_8(app, run_etl, csv_paths):
+    app.config["CSV2_ENCODING"] = "utf-8-sig"
+
+    run = run_etl("csv2")["csv2"]
+
+    assert (run.status, run.inserted) == ("PARTIAL", 12)

@@ -86,3 +86,48 @@ def test_a_page_larger_than_the_limit_fails_the_run_without_being_read_whole(
     assert run.error.endswith(f"page 1 is larger than API_MAX_PAGE_BYTES ({limit} bytes)")
     assert len(coingecko.page_requests()) == 1  # not worth retrying
     assert db.session.scalar(sa.select(sa.func.count()).select_from(UnifiedRecord)) == 0
+
+
+@pytest.mark.parametrize(
+    ("number", "reason"),
+    [
+        (b"1e999", "amount out of range: '1e999'"),
+        (b"NaN", "not a number: 'NaN'"),
+        (b"-Infinity", "not a number: '-Infinity'"),
+        (b"1" * 5000, "amount out of range: '" + "1" * 60 + "\u2026'"),
+    ],
+    ids=["1e999", "NaN", "-Infinity", "5000-digits"],
+)
+def test_a_number_no_store_can_hold_rejects_its_coin_or_rides_along_unread(
+    app, coingecko, run_etl, number, reason
+):
+    coins = json.dumps(coingecko.coins).encode()
+    # Ethereum's price is the number; Tether carries it in a field nobody reads.
+    page = coins.replace(b'"current_price": 2922.48', b'"current_price": ' + number)
+    page = page.replace(b'"high_24h": 0.999512', b'"high_24h": ' + number)
+    coingecko.fail_next(Fault(body=page))
+
+    run = run_etl(SOURCE)[SOURCE]
+
+    assert (run.status, run.inserted, run.rejected) == ("PARTIAL", 12, 1)
+    assert db.session.scalar(sa.select(RejectedRecord.reason)) == reason
+    assert (
+        db.session.scalar(
+            sa.select(sa.func.count())
+            .select_from(UnifiedRecord)
+            .where(UnifiedRecord.external_id == "tether")
+        )
+        == 3
+    )
+
+
+@pytest.mark.parametrize("symbol", ["\u0130" * 50, "\u0130" * 26], ids=["50", "26"])
+def test_a_symbol_that_grows_when_lower_cased_vouches_for_no_asset(app, coingecko, run_etl, symbol):
+    coingecko.coins[1]["symbol"] = symbol  # ethereum; upper case fits, lower case does not
+
+    run = run_etl(SOURCE)[SOURCE]
+
+    assert (run.status, run.inserted) == ("SUCCESS", 15)
+    vouched = db.session.scalars(sa.select(Asset.id).where(Asset.origin == "coingecko")).all()
+    assert sorted(vouched) == ["bitcoin", "ripple", "solana", "tether"]
+    assert max(len(s) for s in db.session.scalars(sa.select(Asset.symbol))) <= 50

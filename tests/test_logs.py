@@ -26,7 +26,8 @@ from kasparro.logs import REDACTED
 SUFFIX = uuid.uuid4().hex[:12]
 SECRETS = {
     "API key": f"CG-KEY-{SUFFIX}",
-    "admin token": f"ADMIN-TOKEN-{SUFFIX}",
+    # A character outside the Basic Multilingual Plane: JSON writes it as a surrogate pair.
+    "admin token": f"ADMIN-TOKEN-\U0001f600-{SUFFIX}",
     # Characters a URL must escape, so the password appears in the URL only percent-encoded.
     "database password": f"DB/PASS@word:{SUFFIX}",
     "broker password": f"BROKER-PASS-{SUFFIX}",

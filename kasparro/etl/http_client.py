@@ -7,6 +7,7 @@ source, attempt, reason and wait, and a 429 may say when to come back only in
 
 import itertools
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from kasparro.etl.sources.base import SourceError
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds
 BODY_CHUNK = 64 * 1024
+MAX_INT_DIGITS = 4300  # Python's own limit for turning text into an int
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,15 @@ def server_wait_seconds(headers, now: datetime | None = None) -> float | None:
             moment = moment.replace(tzinfo=UTC)
         return max(0.0, (moment - now).total_seconds())
     return max(0.0, value - now.timestamp()) if value > EPOCH_THRESHOLD else value
+
+
+def _finite_or_text(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def _int_or_text(text: str) -> int | str:
+    return int(text) if len(text) <= MAX_INT_DIGITS else text
 
 
 class JsonClient:
@@ -161,10 +172,16 @@ class JsonClient:
 
     @staticmethod
     def _decode(body: bytes, where: str) -> Any:
-        # Bytes that are not UTF-8 become lone surrogates, so only the coin holding them is
-        # rejected (its text cannot be stored) instead of the whole page.
+        # What one coin may hold must not fail the page: bytes that are not UTF-8 become lone
+        # surrogates, and numbers no store can hold (1e999, NaN, a 5000-digit integer) stay
+        # text, so that only the coin holding them is rejected, with the reason.
         try:
-            return json.loads(body.decode("utf-8", "surrogateescape"))
+            return json.loads(
+                body.decode("utf-8", "surrogateescape"),
+                parse_float=_finite_or_text,
+                parse_int=_int_or_text,
+                parse_constant=str,
+            )
         except ValueError:
             raise SourceError(f"{where} answered with a body that is not valid JSON") from None
         except RecursionError:

@@ -14,7 +14,7 @@ from kasparro.etl.http_client import JsonClient, RetryPolicy
 from kasparro.etl.parsing import InvalidValue, check_text, parse_amount, parse_timestamp
 from kasparro.etl.ratelimit import pacer_for
 from kasparro.etl.sources.base import KnownAsset, Observation, RawRow, Source, SourceError
-from kasparro.models import Checkpoint, RawApiRecord
+from kasparro.models import Asset, Checkpoint, RawApiRecord
 
 METRIC_FIELDS = (
     ("price_usd", "current_price"),
@@ -192,6 +192,8 @@ class CoinGeckoSource(Source):
         symbol, name = fields.get(coin, "symbol"), fields.get(coin, "name")
         if not isinstance(symbol, str) or not isinstance(name, str):
             return []
+        if _column_text(symbol.lower(), Asset.symbol) != symbol.lower():
+            return []  # some letters grow when lower-cased: then the coin vouches for nothing
         return [KnownAsset(id=raw.external_id, symbol=symbol.lower(), name=name)]
 
     def advance(self, cursor: dict, raw: RawApiRecord, context: dict[str, Any]) -> dict:

@@ -12,6 +12,7 @@ import codecs
 import csv
 import hashlib
 import os
+import re
 import time
 from abc import abstractmethod
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kasparro.etl.drift import FieldMap, match_fields
-from kasparro.etl.parsing import InvalidValue
+from kasparro.etl.parsing import InvalidValue, check_text
 from kasparro.etl.sources.base import Observation, RawRow, Source, SourceError
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecordMixin
 
@@ -31,6 +32,35 @@ MAX_RECORD_LINES = 100  # a quoted field spanning more lines than this is a stra
 READ_CHUNK = 64 * 1024  # what an over-long line or a fingerprinted prefix is read in
 OPEN_QUOTE = "a quoted field is still open at the end of the file"
 NO_LINE_END = "the last line has no line ending yet"
+
+
+_FIELD_END = re.compile(rb"[,\r\n]")
+
+
+def ends_in_quotes(data: bytes, inside: bool = False) -> bool:
+    """Return whether ``data`` ends inside a quoted field, as the csv module would read it.
+
+    A quote opens a quoted field only where a field starts; elsewhere it is an ordinary
+    character (``Coin 5" A``). Inside a quoted field, ``""`` is a quote and ``"`` closes it.
+    """
+    at, field_start = 0, not inside
+    while at < len(data):
+        if inside:
+            close = data.find(b'"', at)
+            if close < 0:
+                return True
+            if data[close + 1 : close + 2] == b'"':
+                at = close + 2
+                continue
+            inside, at, field_start = False, close + 1, False
+        elif field_start and data[at : at + 1] == b'"':
+            inside, at = True, at + 1
+        else:
+            end = _FIELD_END.search(data, at)
+            if end is None:
+                return False
+            at, field_start = end.end(), True
+    return inside
 
 
 def split_row(text: str) -> list[str] | None:
@@ -74,6 +104,8 @@ def ascii_compatible_encoding(name: str, setting: str) -> str:
         codec = codecs.lookup(name).name
     except LookupError:
         raise SourceError(f"{setting}={name!r} is not an encoding this system knows") from None
+    if codec == "utf-8-sig":  # a byte-order mark is dropped from the header in any case
+        codec = "utf-8"
     if 'id,"x"\r\n'.encode(codec) != b'id,"x"\r\n':
         raise SourceError(f"{setting}={name!r} is not ASCII-compatible; CSV lines cannot be framed")
     return codec
@@ -123,7 +155,7 @@ class CsvSource(Source):
         self._fields = FieldMap()
         self._pending: dict[str, Any] | None = None
         self._generations: dict[int, Generation] = {}
-        self._settled = False
+        self._settled_size: int | None = None
 
     @property
     def path(self) -> Path:
@@ -146,9 +178,11 @@ class CsvSource(Source):
         except OSError as exc:
             raise SourceError(f"cannot open {self.path}: {exc.strerror}") from None
         with handle:
-            # A file nobody has written to for a while is complete, last line included.
-            quiet = time.time() - os.fstat(handle.fileno()).st_mtime
-            self._settled = quiet >= self.settings["CSV_SETTLE_SECONDS"]
+            # A file nobody has written to for a while is complete, last line included, up to
+            # the size it has now: what a producer adds during the read is not complete yet.
+            status = os.fstat(handle.fileno())
+            quiet = time.time() - status.st_mtime >= self.settings["CSV_SETTLE_SECONDS"]
+            self._settled_size = status.st_size if quiet else None
             header_line = handle.readline(self.limit + 1)
             if not header_line:
                 raise SourceError(f"{self.path.name} has no header line")
@@ -168,6 +202,7 @@ class CsvSource(Source):
                 handle.seek(len(header_line))
             else:
                 number, line = place
+                self._finish_last_line(handle, prefix)
             for record in self._records(handle, prefix, line):
                 if number is None:  # numbered only once there is a record to keep
                     number = self._new_generation(
@@ -235,6 +270,23 @@ class CsvSource(Source):
             same = resume.get("last_start") is None or last.hexdigest() == resume["last_hash"]
         return (resume["generation"], resume["line"]) if same else None
 
+    @staticmethod
+    def _finish_last_line(handle: BinaryIO, prefix) -> None:
+        # A last line read without its line ending (the file was at rest) gets it later: that
+        # ending belongs to the line read, not to a blank line of its own.
+        offset = handle.tell()
+        handle.seek(offset - 1)
+        if handle.read(1) == b"\n":
+            return
+        ending = handle.read(2)
+        ending = b"\r\n" if ending == b"\r\n" else b"\n" if ending[:1] == b"\n" else b""
+        prefix.update(ending)
+        handle.seek(offset + len(ending))
+
+    def _complete_at_end(self, handle: BinaryIO) -> bool:
+        """Return whether what was read up to the end of the file may be taken as complete."""
+        return self._settled_size is not None and handle.tell() <= self._settled_size
+
     def _records(self, handle: BinaryIO, prefix, line: int) -> Iterator[Record]:
         """Frame records from the handle's position; stop at one whose end is not written yet."""
         self._pending = None
@@ -250,12 +302,12 @@ class CsvSource(Source):
                 line += 1
                 yield record
                 continue
-            if not first.endswith(b"\n") and not self._settled:
-                reason = OPEN_QUOTE if first.count(b'"') % 2 else NO_LINE_END
+            if not first.endswith(b"\n") and not self._complete_at_end(handle):
+                reason = OPEN_QUOTE if ends_in_quotes(first) else NO_LINE_END
                 self._pending = {"line": line + 1, "bytes": len(first), "reason": reason}
                 return
             data, lines = first, 1
-            if first.count(b'"') % 2:
+            if ends_in_quotes(first):
                 data, lines = self._quoted(handle, first, start, line + 1)
                 if data is None:
                     return
@@ -275,24 +327,25 @@ class CsvSource(Source):
     def _quoted(
         self, handle: BinaryIO, first: bytes, start: int, line: int
     ) -> tuple[bytes | None, int]:
-        # A quoted field may hold line breaks: take whole lines while the quotes do not balance.
-        data, lines = first, 1
-        while data.count(b'"') % 2 and lines < MAX_RECORD_LINES:
+        # A quoted field may hold line breaks: take whole lines while it is open.
+        data, lines, inside = first, 1, True
+        while inside and lines < MAX_RECORD_LINES:
             room = self.limit - len(data)
             more = handle.readline(room + 1)
             if len(more) > room:
                 break  # over the limit: the quote was a stray one
+            inside = ends_in_quotes(more, inside=True)
             if not more.endswith(b"\n"):  # the end of the file: the rest may not be written yet
-                if self._settled:  # ... unless the file is complete as it stands
+                if self._complete_at_end(handle):  # ... unless the file is complete as it is
                     data, lines = data + more, lines + bool(more)
                     break
                 data += more
-                reason = OPEN_QUOTE if data.count(b'"') % 2 else NO_LINE_END
+                reason = OPEN_QUOTE if inside else NO_LINE_END
                 self._pending = {"line": line, "bytes": len(data), "reason": reason}
                 return None, 0
             data += more
             lines += 1
-        if data.count(b'"') % 2:  # a stray quote: its line alone is the record
+        if inside:  # a stray quote: its line alone is the record
             handle.seek(start + len(first))
             return first, 1
         return data, lines
@@ -309,7 +362,7 @@ class CsvSource(Source):
             if piece.endswith(b"\n"):
                 break
             piece = handle.readline(READ_CHUNK)
-            if not piece and self._settled:
+            if not piece and self._complete_at_end(handle):
                 break
             if not piece:
                 size = handle.tell() - start
@@ -328,11 +381,12 @@ class CsvSource(Source):
     def _raw_row(self, record: Record, generation: int, encoding: str) -> RawRow:
         body = record.data if record.truncated else record.data.rstrip(b"\r\n")
         text = None
-        if not record.truncated and b"\x00" not in body:
+        if not record.truncated:
             try:
                 text = body.decode(encoding)
-            except UnicodeDecodeError:
-                pass  # kept as bytes; the transform rejects it with the reason
+                check_text("the row", text, len(text))
+            except (UnicodeDecodeError, InvalidValue):
+                text = None  # kept as bytes; the transform rejects it with the reason
         return RawRow(
             record_key=f"{generation}:{record.line}",
             payload=None,
@@ -463,9 +517,12 @@ class CsvSource(Source):
         if (at := data.find(b"\x00")) >= 0:
             return f"contains a NUL byte at byte {at}"
         try:
-            data.decode(encoding)
+            text = data.decode(encoding)
+            check_text("the row", text, len(text))  # what some encodings decode to
         except UnicodeDecodeError as exc:
             return f"not valid {encoding}: {exc.reason} at byte {exc.start}"
+        except InvalidValue as exc:
+            return f"decoded as {encoding}, {exc}"
         return f"not readable as {encoding} text"
 
     @abstractmethod
