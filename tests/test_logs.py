@@ -386,3 +386,9 @@ def test_scrubbing_a_long_run_of_backslashes_takes_linear_time(stderr, text):
 
     assert "probe.backslashes" in stderr()
     assert elapsed < 2.0  # linear: milliseconds; quadratic: about 15 seconds
+
+
+def test_every_flower_users_password_is_a_secret(monkeypatch):
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ann:first-pass-1,bob:second-pass-2")
+
+    assert {"first-pass-1", "second-pass-2"} <= set(secret_values({}))
