@@ -43,6 +43,8 @@ def ends_in_quotes(data: bytes, inside: bool = False) -> bool:
     A quote opens a quoted field only where a field starts; elsewhere it is an ordinary
     character (``Coin 5" A``). Inside a quoted field, ``""`` is a quote and ``"`` closes it.
     """
+    if b'"' not in data:  # most lines: nothing opens or closes
+        return inside
     at, field_start = 0, not inside
     while at < len(data):
         if inside:
