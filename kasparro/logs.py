@@ -59,11 +59,21 @@ class SecretRedactor:
             if self.secrets
             else None
         )
+        # Every form the pattern finds keeps a secret's letters and digits as they are (only
+        # other characters get escaped or percent-encoded), so a text holding none of these
+        # runs holds no secret and needs no scan: most log lines, at a substring test's cost.
+        runs = [max(re.findall(r"[A-Za-z0-9]+", s) or [""], key=len) for s in self.secrets]
+        self._markers = None if any(len(run) < 3 for run in runs) else tuple(runs)
+
+    def _may_hold_secret(self, text: str) -> bool:
+        return self._markers is None or any(marker in text for marker in self._markers)
 
     def scrub(self, value: Any) -> Any:
         """Return ``value`` with every secret in it replaced."""
         if isinstance(value, str):
-            return self._pattern.sub(REDACTED, value) if self._pattern else value
+            if self._pattern is None or not self._may_hold_secret(value):
+                return value
+            return self._pattern.sub(REDACTED, value)
         if isinstance(value, dict):
             return {
                 self.scrub(k): REDACTED if secret_named(k) and v else self.scrub(v)

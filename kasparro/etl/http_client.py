@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,6 @@ from kasparro.etl.sources.base import SourceError
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds
 BODY_CHUNK = 64 * 1024
-MAX_INT_DIGITS = 4300  # Python's own limit for turning text into an int
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ def _finite_or_text(text: str) -> float | str:
 
 
 def _int_or_text(text: str) -> int | str:
-    return int(text) if len(text) <= MAX_INT_DIGITS else text
+    limit = sys.get_int_max_str_digits()  # 0: no limit
+    return int(text) if not limit or len(text.lstrip("-")) <= limit else text
 
 
 class JsonClient:

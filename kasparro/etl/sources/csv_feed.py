@@ -65,6 +65,21 @@ def ends_in_quotes(data: bytes, inside: bool = False) -> bool:
     return inside
 
 
+def decode_record(body: bytes, encoding: str) -> str:
+    """Return a record's text; raise InvalidValue saying why no database could hold it as given."""
+    if (at := body.find(b"\x00")) >= 0:
+        raise InvalidValue(f"contains a NUL byte at byte {at}")
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InvalidValue(f"not valid {encoding}: {exc.reason} at byte {exc.start}") from None
+    try:
+        check_text("the row", text, len(text))  # what some encodings decode to
+    except InvalidValue as exc:
+        raise InvalidValue(f"decoded as {encoding}, {exc}") from None
+    return text
+
+
 def split_row(text: str) -> list[str] | None:
     """Split one CSV record into fields; None when it is not valid CSV."""
     try:
@@ -117,7 +132,6 @@ def ascii_compatible_encoding(name: str, setting: str) -> str:
 class Generation:
     """What reading a file from its top learned: the header its rows are split with."""
 
-    number: int
     header: list[str]
     header_hash: str
     fields: FieldMap
@@ -208,7 +222,7 @@ class CsvSource(Source):
             for record in self._records(handle, prefix, line):
                 if number is None:  # numbered only once there is a record to keep
                     number = self._new_generation(
-                        session, resume, Generation(0, header, header_hash, self._fields, encoding)
+                        session, resume, Generation(header, header_hash, self._fields, encoding)
                     )
                 yield self._raw_row(record, number, encoding)
 
@@ -385,10 +399,9 @@ class CsvSource(Source):
         text = None
         if not record.truncated:
             try:
-                text = body.decode(encoding)
-                check_text("the row", text, len(text))
-            except (UnicodeDecodeError, InvalidValue):
-                text = None  # kept as bytes; the transform rejects it with the reason
+                text = decode_record(body, encoding)
+            except InvalidValue:
+                pass  # kept as bytes; the transform rejects it with the reason
         return RawRow(
             record_key=f"{generation}:{record.line}",
             payload=None,
@@ -423,9 +436,7 @@ class CsvSource(Source):
             )
         )
         session.flush()
-        self._generations[number] = Generation(
-            number, read.header, read.header_hash, read.fields, read.encoding
-        )
+        self._generations[number] = read
         return number
 
     def prepare(self, session: Session, raws: list[RawCsvRecordMixin]) -> None:
@@ -444,7 +455,7 @@ class CsvSource(Source):
                 else self._match_header(row.header)
             )
             self._generations[row.generation] = Generation(
-                row.generation, row.header, row.header_hash, fields, row.encoding
+                row.header, row.header_hash, fields, row.encoding
             )
 
     def advance(self, cursor: dict, raw: RawCsvRecordMixin, context: dict[str, Any]) -> dict:
@@ -490,9 +501,16 @@ class CsvSource(Source):
     def observations(self, raw: RawCsvRecordMixin, context: dict[str, Any]) -> list[Observation]:
         """Split a record with its generation's header and map it to observations."""
         generation = self._generations[raw.generation]
-        if raw.raw_text is None:
-            raise InvalidValue(self._unreadable(raw, generation.encoding))
-        values = split_row(raw.raw_text)
+        text = raw.raw_text
+        if text is None:
+            if raw.truncated:
+                kept = len(raw.raw_bytes or b"")
+                raise InvalidValue(
+                    f"line of {raw.end_offset - raw.start_offset} bytes is longer than "
+                    f"CSV_MAX_RECORD_BYTES ({kept}); its first {kept} bytes are kept"
+                )
+            text = decode_record(raw.raw_bytes or b"", generation.encoding)  # raises why not
+        values = split_row(text)
         if values is None:
             raise InvalidValue("malformed row: not valid CSV")
         if len(values) != len(generation.header):
@@ -507,25 +525,6 @@ class CsvSource(Source):
         if not fields[self.columns[0]]:
             raise InvalidValue(f"missing {self.columns[0]}")
         return self.row_observations(fields)
-
-    @staticmethod
-    def _unreadable(raw: RawCsvRecordMixin, encoding: str) -> str:
-        data = raw.raw_bytes or b""
-        if raw.truncated:
-            return (
-                f"line of {raw.end_offset - raw.start_offset} bytes is longer than "
-                f"CSV_MAX_RECORD_BYTES ({len(data)}); its first {len(data)} bytes are kept"
-            )
-        if (at := data.find(b"\x00")) >= 0:
-            return f"contains a NUL byte at byte {at}"
-        try:
-            text = data.decode(encoding)
-            check_text("the row", text, len(text))  # what some encodings decode to
-        except UnicodeDecodeError as exc:
-            return f"not valid {encoding}: {exc.reason} at byte {exc.start}"
-        except InvalidValue as exc:
-            return f"decoded as {encoding}, {exc}"
-        return f"not readable as {encoding} text"
 
     @abstractmethod
     def row_observations(self, fields: dict[str, str]) -> list[Observation]:
