@@ -7,13 +7,14 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
-from kasparro.etl.pipeline import SourceBusy, describe_error, run_source
+from kasparro.dispatch import BrokerUnavailable, dispatch_run
+from kasparro.etl.pipeline import run_source
 from kasparro.etl.retention import apply_retention, raw_age_setting
+from kasparro.etl.runs import SourceBusy, describe_error
 from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
-from kasparro.models import Checkpoint
+from kasparro.models import Checkpoint, RunStatus
 from kasparro.queries import source_health
-from tasks.etl import BrokerUnavailable, dispatch_run
 
 
 class EtlGroup(AppGroup):
@@ -68,7 +69,7 @@ def run_command(sources, enqueue):
             click.echo(f"{'':<14} error: {run.error}")
         if pending := (run.details or {}).get("pending"):
             click.echo(f"{'':<14} waiting: line {pending['line']}: {pending['reason']}")
-        if run.status == "FAILED":
+        if run.status == RunStatus.FAILED:
             failed.append(name)
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")
@@ -99,7 +100,7 @@ def status_command():
             else "never run"
         )
         click.echo(f"{name:<14} {state}")
-        if run and run.status != "RUNNING":
+        if run and run.status != RunStatus.RUNNING:
             click.echo(f"{'':<14} {_counts(run)}")
         if run and run.error:
             click.echo(f"{'':<14} error: {run.error}")

@@ -14,13 +14,10 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import DeclarativeBase
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
-
-class Base(DeclarativeBase):
-    """Declarative base shared by every model."""
+from kasparro.models import Base
 
 
 class BodyJSONProvider(DefaultJSONProvider):

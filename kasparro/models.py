@@ -2,19 +2,33 @@
 
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kasparro.db_types import BigId, ExactDecimal, UTCDateTime, utcnow
-from kasparro.extensions import db
 
-RUN_STATUSES = ("RUNNING", "SUCCESS", "PARTIAL", "FAILED", "SKIPPED")
+
+class RunStatus(StrEnum):
+    """Where a run stands; only a RUNNING run may change, and at most one per source."""
+
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    PARTIAL = "PARTIAL"  # finished, with rejected rows or a read that stopped early
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"  # not started: the source was already running
+
+
 RUN_TRIGGERS = ("schedule", "api", "cli")
 
 
-class EtlRun(db.Model):
+class Base(DeclarativeBase):
+    """The declarative base of every model; Flask-SQLAlchemy's ``db.Model`` is built on it."""
+
+
+class EtlRun(Base):
     """One run of one source: its status, trigger, counts, checkpoints and error."""
 
     __tablename__ = "etl_runs"
@@ -26,8 +40,8 @@ class EtlRun(db.Model):
             "uq_etl_runs_one_running_per_source",
             "source",
             unique=True,
-            postgresql_where=sa.text("status = 'RUNNING'"),
-            sqlite_where=sa.text("status = 'RUNNING'"),
+            postgresql_where=sa.text(f"status = '{RunStatus.RUNNING}'"),
+            sqlite_where=sa.text(f"status = '{RunStatus.RUNNING}'"),
         ),
     )
 
@@ -52,7 +66,7 @@ class EtlRun(db.Model):
     details: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
-class Asset(db.Model):
+class Asset(Base):
     """A canonical coin identity, keyed by its CoinGecko-style id (``bitcoin``)."""
 
     __tablename__ = "assets"
@@ -74,7 +88,7 @@ class RawRecordMixin:
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class RawApiRecord(RawRecordMixin, db.Model):
+class RawApiRecord(RawRecordMixin, Base):
     """A coin object from /coins/markets, as received; keyed by coin id and last_updated."""
 
     __tablename__ = "raw_api_records"
@@ -83,7 +97,7 @@ class RawApiRecord(RawRecordMixin, db.Model):
     source_updated_at: Mapped[str] = mapped_column(sa.String(64))
 
 
-class CsvGeneration(db.Model):
+class CsvGeneration(Base):
     """One reading of a CSV file from its top: the header and field map its rows are read with.
 
     A file that is replaced or edited above the checkpoint is read again as a new generation;
@@ -122,19 +136,19 @@ class RawCsvRecordMixin(RawRecordMixin):
     prefix_hash: Mapped[str | None] = mapped_column(sa.String(64))
 
 
-class RawCsvRecord(RawCsvRecordMixin, db.Model):
+class RawCsvRecord(RawCsvRecordMixin, Base):
     """A row of the csv1 price feed."""
 
     __tablename__ = "raw_csv_records"
 
 
-class RawCsv2Record(RawCsvRecordMixin, db.Model):
+class RawCsv2Record(RawCsvRecordMixin, Base):
     """A row of the csv2 market feed."""
 
     __tablename__ = "raw_csv2_records"
 
 
-class UnifiedRecord(db.Model):
+class UnifiedRecord(Base):
     """One observation of one metric of one asset, from any source."""
 
     __tablename__ = "unified_records"
@@ -164,7 +178,7 @@ class UnifiedRecord(db.Model):
     raw_id: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
-class Checkpoint(db.Model):
+class Checkpoint(Base):
     """Where each source's next run starts; moved in the transaction of the rows it covers."""
 
     __tablename__ = "checkpoints"
@@ -177,7 +191,7 @@ class Checkpoint(db.Model):
     run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("etl_runs.id"))
 
 
-class RejectedRecord(db.Model):
+class RejectedRecord(Base):
     """An input row that failed validation, with its text and the reason."""
 
     __tablename__ = "rejected_records"

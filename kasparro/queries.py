@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kasparro.etl.sources import SOURCE_NAMES
-from kasparro.models import EtlRun, RejectedRecord, UnifiedRecord
+from kasparro.models import EtlRun, RejectedRecord, RunStatus, UnifiedRecord
 
 FILTER_COLUMNS = {
     "source": UnifiedRecord.source,
@@ -101,7 +101,9 @@ def page_unified_records(session: Session, args: dict[str, Any]) -> RecordPage:
 def _last_runs(session: Session) -> dict[str, EtlRun]:
     # A SKIPPED attempt did no work: the run it collided with is the one that tells the state.
     newest = (
-        sa.select(sa.func.max(EtlRun.id)).where(EtlRun.status != "SKIPPED").group_by(EtlRun.source)
+        sa.select(sa.func.max(EtlRun.id))
+        .where(EtlRun.status != RunStatus.SKIPPED)
+        .group_by(EtlRun.source)
     )
     return {
         run.source: run for run in session.scalars(sa.select(EtlRun).where(EtlRun.id.in_(newest)))
@@ -131,9 +133,10 @@ def source_stats(session: Session) -> dict[str, dict[str, Any]]:
     rejected = grouped(sa.func.count(), model=RejectedRecord)
     processed = grouped(sa.func.coalesce(sa.func.sum(EtlRun.rows_read), 0))
     last_success = grouped(
-        sa.func.max(EtlRun.finished_at), where=EtlRun.status.in_(("SUCCESS", "PARTIAL"))
+        sa.func.max(EtlRun.finished_at),
+        where=EtlRun.status.in_((RunStatus.SUCCESS, RunStatus.PARTIAL)),
     )
-    last_failure = grouped(sa.func.max(EtlRun.finished_at), where=EtlRun.status == "FAILED")
+    last_failure = grouped(sa.func.max(EtlRun.finished_at), where=EtlRun.status == RunStatus.FAILED)
     run_counts: dict[str, dict[str, int]] = {name: {} for name in SOURCE_NAMES}
     for source, status, count in session.execute(
         sa.select(EtlRun.source, EtlRun.status, sa.func.count()).group_by(

@@ -6,7 +6,9 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.etl.sources.coingecko import METRIC_FIELDS
-from kasparro.models import RUN_STATUSES, RUN_TRIGGERS
+from kasparro.models import RUN_TRIGGERS, RunStatus
+
+RUN_STATUSES = [status.value for status in RunStatus]
 
 METRICS = tuple(metric for metric, _ in METRIC_FIELDS)
 MAX_PAGE_SIZE = 100

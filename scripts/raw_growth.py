@@ -37,6 +37,7 @@ from kasparro import create_app  # noqa: E402
 from kasparro.etl.pipeline import run_source  # noqa: E402
 from kasparro.etl.retention import apply_retention, raw_batches  # noqa: E402
 from kasparro.extensions import db  # noqa: E402
+from kasparro.models import RunStatus  # noqa: E402
 from tests.coingecko_imitation import CoinGeckoImitation, iso  # noqa: E402
 from tests.conftest import scratch_database  # noqa: E402
 
@@ -145,7 +146,7 @@ def measure_api_growth(app, imitation, args, rng) -> float:
         now += timedelta(seconds=INTERVAL)
         tick(imitation, args.moving, rng, now)
         run = run_source(db.session, "coingecko_api", app.config)
-        assert run.status == "SUCCESS", (run.status, run.error)
+        assert run.status == RunStatus.SUCCESS, (run.status, run.error)
     seconds = time.perf_counter() - started
     after = sizes(db.session)
     runs_per_day = DAY / INTERVAL
@@ -245,7 +246,7 @@ def simulate_steady_state(app, imitation, args, rng) -> None:
         clock.now += timedelta(seconds=INTERVAL)
         tick(imitation, args.moving, rng, clock.now)
         run = run_source(db.session, "coingecko_api", app.config)
-        assert run.status == "SUCCESS", (run.status, run.error)
+        assert run.status == RunStatus.SUCCESS, (run.status, run.error)
         if number % every == 0:
             report = apply_retention(db.session, settings, now=clock.now)
             # Autovacuum makes the deleted rows' space reusable within minutes of real time;

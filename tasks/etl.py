@@ -1,57 +1,27 @@
-"""The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and how runs start."""
+"""The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and scheduled starts."""
 
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
 from billiard.exceptions import WorkerLostError
-from celery import chain, current_task, shared_task
+from celery import current_task, shared_task
 from celery.exceptions import Ignore
 from celery.signals import task_failure
-from celery.utils import uuid
 from flask import current_app
-from kombu.exceptions import OperationalError
 
-from kasparro.celery_app import broker_reachable
+from kasparro.dispatch import EXTRACT_TASK, TRANSFORM_TASK, dispatch_run
 from kasparro.etl import pipeline
+from kasparro.etl.runs import SourceBusy, fail_run
+from kasparro.etl.sources.base import ReadReport
 from kasparro.extensions import db
-from kasparro.models import EtlRun
+from kasparro.models import EtlRun, RunStatus
 
 log = structlog.get_logger(__name__)
 
 
-class BrokerUnavailable(RuntimeError):
-    """The task queue could not be reached, so a run could not be queued."""
-
-
 class WorkerLost(RuntimeError):
     """The worker process running a run's task died each time the task was sent."""
-
-
-def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
-    """Record a RUNNING run and queue its chain; return (run id, task id).
-
-    Raises pipeline.SourceBusy when the source is already running, and BrokerUnavailable when
-    the queue cannot be reached; then the run is closed as FAILED, so it holds no lock.
-    """
-    task_id = uuid()
-    run_id = pipeline.start_run(db.session, source, trigger, current_app.config, task_id)
-    work = chain(extract.si(source, run_id).set(task_id=task_id), transform_and_upsert.s())
-    try:
-        if broker_reachable(current_app.extensions["celery"]) is False:
-            raise OperationalError("no answer from the broker")
-        work.apply_async()
-    except OperationalError as exc:
-        unavailable = BrokerUnavailable("the task queue is unreachable; no run was started")
-        pipeline.fail_run(db.session, run_id, unavailable)
-        raise unavailable from exc
-    except Exception as exc:
-        db.session.expire_all()
-        if db.session.get(EtlRun, run_id).status == "RUNNING":  # the chain never ran
-            pipeline.fail_run(db.session, run_id, exc)
-            raise
-        # Run eagerly (no broker), the chain's own failure is already recorded on the run.
-    return run_id, task_id
 
 
 @contextmanager
@@ -60,7 +30,7 @@ def _failing_run_on_error(run_id: int):
     try:
         yield
     except Exception as exc:
-        pipeline.fail_run(db.session, run_id, exc)
+        fail_run(db.session, run_id, exc)
         raise
 
 
@@ -73,32 +43,32 @@ def _ensure_running(run_id: int) -> None:
     )
     # A task delivered again after its run finished (or was closed as abandoned) does nothing.
     run = db.session.get(EtlRun, run_id)
-    if run is None or run.status != "RUNNING":
+    if run is None or run.status != RunStatus.RUNNING:
         log.warning("etl.task.stale_delivery", run_id=run_id, status=getattr(run, "status", None))
         raise Ignore()
 
 
-@shared_task(name="etl.extract")
-def extract(source: str, run_id: int) -> dict[str, Any]:
-    """Extract ``source`` into its raw table for run ``run_id``.
+@shared_task(name=EXTRACT_TASK)
+def extract(run_id: int) -> dict[str, Any]:
+    """Extract the source of run ``run_id`` into its raw table; return the run and its report.
 
     Transient upstream failures are retried inside the extraction, with backoff, jitter and a
     budget (kasparro.etl.http_client); what still fails here fails the run.
     """
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
-        return pipeline.extract(db.session, run_id, current_app.config)
+        report = pipeline.extract(db.session, run_id, current_app.config)
+    return {"run_id": run_id, "report": report.to_json()}
 
 
-@shared_task(name="etl.transform_and_upsert")
+@shared_task(name=TRANSFORM_TASK)
 def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
     """Transform the run's raw rows into unified rows and finish the run."""
     run_id = extracted["run_id"]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
-        status = pipeline.transform_and_upsert(
-            db.session, run_id, extracted["context"], current_app.config
-        )
+        report = ReadReport.from_json(extracted["report"])
+        status = pipeline.transform_and_upsert(db.session, run_id, report, current_app.config)
     return {"run_id": run_id, "status": status}
 
 
@@ -107,7 +77,7 @@ def scheduled_run(source: str) -> dict[str, Any]:
     """Start a run of ``source`` for beat; a source still running is recorded as SKIPPED."""
     try:
         run_id, task_id = dispatch_run(source, "schedule")
-    except pipeline.SourceBusy as busy:
+    except SourceBusy as busy:
         return {"skipped_run_id": busy.skipped_run_id, "running_run_id": busy.running_run_id}
     return {"run_id": run_id, "task_id": task_id}
 
@@ -129,7 +99,7 @@ def record_lost_worker(sender=None, exception=None, args=None, **kwargs) -> None
         f"({cause}); not retried again"
     )
     with sender.app_context():
-        pipeline.fail_run(db.session, run_id, lost)
+        fail_run(db.session, run_id, lost)
         db.session.remove()
         # This runs in the worker's main process: processes it forks later must not inherit
         # its database connection.
@@ -138,6 +108,6 @@ def record_lost_worker(sender=None, exception=None, args=None, **kwargs) -> None
 
 
 _RUN_ID_OF = {
-    extract.name: lambda args: args[1],
+    extract.name: lambda args: args[0],
     transform_and_upsert.name: lambda args: args[0]["run_id"],
 }

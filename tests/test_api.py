@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro import create_app
-from kasparro.etl.pipeline import start_run
+from kasparro.etl.runs import start_run
 from kasparro.extensions import db
 from kasparro.models import EtlRun, RejectedRecord, UnifiedRecord
 

@@ -9,15 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 import celeryconfig
-from kasparro.etl.pipeline import (
-    RunAbandoned,
-    SourceBusy,
-    extract,
-    fail_run,
-    run_source,
-    start_run,
-    transform_and_upsert,
-)
+from kasparro.etl.pipeline import extract, run_source, transform_and_upsert
+from kasparro.etl.runs import RunAbandoned, SourceBusy, fail_run, start_run
 from kasparro.etl.sources import SOURCE_NAMES
 from kasparro.extensions import db
 from kasparro.models import EtlRun, RawApiRecord, UnifiedRecord
@@ -265,13 +258,13 @@ def test_celery_settings_make_redelivery_safe():
 
 def test_a_run_closed_as_abandoned_cannot_commit_another_batch(app, run_etl, csv_paths):
     abandoned = start_run(db.session, "csv1", "cli", app.config)
-    extracted = extract(db.session, abandoned, app.config)
+    report = extract(db.session, abandoned, app.config)
     db.session.get(EtlRun, abandoned).heartbeat_at -= timedelta(hours=1)
     db.session.commit()
     successor = run_etl("csv1")["csv1"]  # takes over: closes the silent run as FAILED
 
     with pytest.raises(RunAbandoned):
-        transform_and_upsert(db.session, abandoned, extracted["context"], app.config)
+        transform_and_upsert(db.session, abandoned, report, app.config)
     fail_run(db.session, abandoned, RunAbandoned("late"))
 
     assert successor.status == "SUCCESS"

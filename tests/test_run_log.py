@@ -6,7 +6,8 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro.db_types import utcnow
-from kasparro.etl.pipeline import extract, start_run, transform_and_upsert
+from kasparro.etl.pipeline import extract, transform_and_upsert
+from kasparro.etl.runs import start_run
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, EtlRun
 from tests.csv_files import write
@@ -67,8 +68,8 @@ def test_closing_an_abandoned_run_never_moves_its_checkpoint_back(
     write(csv_paths["CSV1_PATH"], APPENDED, mode="a")
     # A run that committed its batches, then died before it could finish.
     dead = start_run(db.session, "csv1", "schedule", app.config)
-    extracted = extract(db.session, dead, app.config)
-    transform_and_upsert(db.session, dead, extracted["context"], app.config)
+    report = extract(db.session, dead, app.config)
+    transform_and_upsert(db.session, dead, report, app.config)
     make_stale(dead)
     checkpoint = db.session.get(Checkpoint, "csv1")
     covered = (dict(checkpoint.cursor), checkpoint.last_raw_id)

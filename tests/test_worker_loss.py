@@ -4,7 +4,7 @@ import pytest
 import sqlalchemy as sa
 from billiard.exceptions import WorkerLostError
 
-from kasparro.etl.pipeline import start_run
+from kasparro.etl.runs import start_run
 from kasparro.extensions import db
 from kasparro.models import EtlRun, UnifiedRecord
 from tasks.etl import extract, record_lost_worker, transform_and_upsert
@@ -53,7 +53,7 @@ def test_a_task_that_kills_its_worker_is_bounded_then_fails_the_run_and_beat_goe
 @pytest.mark.parametrize(
     ("task", "args"),
     [
-        (extract, lambda run_id: ["csv1", run_id]),
+        (extract, lambda run_id: [run_id]),
         (transform_and_upsert, lambda run_id: [{"run_id": run_id}]),
     ],
     ids=["extract", "transform"],

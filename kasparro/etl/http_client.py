@@ -1,16 +1,13 @@
-"""JSON over HTTP with pacing, exponential backoff with jitter, and a retry budget.
+"""JSON over HTTP, paced, and retried through tenacity within a cap on tries and a time budget.
 
-Retries are explicit here rather than urllib3's ``Retry``: each one must be logged with its
-source, attempt, reason and wait, and a 429 may say when to come back only in
-``x-ratelimit-reset``, which ``Retry`` does not read.
+A 429 or 503 that says when to come back (``Retry-After``, or only ``x-ratelimit-reset``) is
+waited out as asked; any other transient failure backs off exponentially, with jitter. Each retry
+is logged with its source, attempt, reason and wait.
 """
 
-import itertools
 import json
 import math
-import random
 import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -18,6 +15,17 @@ from typing import Any
 
 import requests
 import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from kasparro.etl.ratelimit import CallPacer
 from kasparro.etl.sources.base import SourceError
@@ -25,6 +33,28 @@ from kasparro.etl.sources.base import SourceError
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds
 BODY_CHUNK = 64 * 1024
+SERVER_TIMED_STATUSES = (429, 503)  # the answers whose Retry-After says when to come back
+
+
+class TransientUpstreamError(Exception):
+    """A failure worth asking again about: a timeout, a lost connection, a 429 or a 5xx."""
+
+    def __init__(self, reason: str, server_wait: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.server_wait = server_wait
+
+
+class ServerOrBackoffWait(wait_base):
+    """Wait as long as the server asked, or else as long as ``backoff`` says."""
+
+    def __init__(self, backoff: wait_base):
+        self.backoff = backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        """Return the server's wait for the failed attempt, else the backoff's."""
+        asked = retry_state.outcome.exception().server_wait
+        return self.backoff(retry_state) if asked is None else asked
 
 
 @dataclass(frozen=True)
@@ -46,14 +76,22 @@ class RetryPolicy:
             max_backoff_seconds=settings["API_BACKOFF_MAX_SECONDS"],
         )
 
-    def backoff(self, attempt: int) -> float:
-        """Return the wait after failed attempt ``attempt`` (1-based): exponential, jittered."""
-        ceiling = min(self.max_backoff_seconds, self.base_seconds * 2 ** (attempt - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+    def wait(self) -> wait_base:
+        """Return the wait after a failed attempt: the server's, else a jittered backoff.
+
+        The backoff doubles from ``base_seconds`` up to ``max_backoff_seconds`` and is multiplied
+        by a random 0.5-1.0: half of it fixed, half drawn uniformly.
+        """
+        half = {"multiplier": self.base_seconds / 2, "max": self.max_backoff_seconds / 2}
+        return ServerOrBackoffWait(wait_exponential(**half) + wait_random_exponential(**half))
+
+    def stop(self) -> stop_base:
+        """Return the stop: after ``max_attempts`` tries, or before a wait past the budget."""
+        return stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_seconds)
 
 
 def server_wait_seconds(headers, now: datetime | None = None) -> float | None:
-    """Return how long a 429 asks us to wait: ``Retry-After``, else ``x-ratelimit-reset``."""
+    """Return how long a 429 or 503 asks us to wait: ``Retry-After``, else ``x-ratelimit-reset``."""
     now = now or datetime.now(UTC)
     retry_after = (headers.get("Retry-After") or "").strip()
     if retry_after:
@@ -100,59 +138,59 @@ class JsonClient:
         policy: RetryPolicy,
         timeout: float,
         max_bytes: int,
-        sleep=time.sleep,
-        clock=time.monotonic,
     ):
         self.source = source
         self.session = session
         self.pacer = pacer
-        self.policy = policy
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self.sleep = sleep
-        self.clock = clock
+        self.retrying = Retrying(
+            retry=retry_if_exception_type(TransientUpstreamError),
+            wait=policy.wait(),
+            stop=policy.stop(),
+            before_sleep=self._log_retry,
+            retry_error_callback=self._give_up,
+        )
 
     def get_json(self, url: str, params: dict[str, Any], where: str) -> Any:
         """Return the decoded JSON body; raise SourceError once retries are spent."""
-        started = self.clock()
-        for attempt in itertools.count(1):
-            self.pacer.wait()
-            try:
-                with self.session.get(
-                    url, params=params, timeout=self.timeout, stream=True
-                ) as response:  # an error's body is never read; a good one is read in bounds
-                    body = self._body(response, where) if response.status_code == 200 else None
-            except requests.Timeout:
-                reason, wait = "timeout", self.policy.backoff(attempt)
-            except requests.RequestException as exc:
-                reason, wait = (
-                    f"cannot connect ({type(exc).__name__})",
-                    self.policy.backoff(attempt),
-                )
-            else:
-                if body is not None:
-                    return self._decode(body, where)
-                if response.status_code != 429 and response.status_code < 500:
-                    raise SourceError(f"{where} answered HTTP {response.status_code}")
-                reason = f"HTTP {response.status_code}"
-                wait = self.policy.backoff(attempt)
-                asked = server_wait_seconds(response.headers)
-                if response.status_code == 429 and asked is not None:
-                    wait = asked
-            spent = self.clock() - started
-            if attempt == self.policy.max_attempts or spent + wait > self.policy.max_total_seconds:
-                raise SourceError(
-                    f"{where}: gave up after {attempt} attempts in {spent:.1f}s: {reason}",
-                    transient=True,
-                )
-            log.warning(
-                "etl.http.retry",
-                source=self.source,
-                attempt=attempt,
-                reason=reason,
-                wait_seconds=round(wait, 3),
-            )
-            self.sleep(wait)
+        return self.retrying(self._get_once, url, params, where=where)
+
+    def _get_once(self, url: str, params: dict[str, Any], where: str) -> Any:
+        self.pacer.wait()
+        try:
+            with self.session.get(
+                url, params=params, timeout=self.timeout, stream=True
+            ) as response:  # an error's body is never read; a good one is read in bounds
+                body = self._body(response, where) if response.status_code == 200 else None
+        except requests.Timeout as exc:
+            raise TransientUpstreamError("timeout") from exc
+        except requests.RequestException as exc:
+            raise TransientUpstreamError(f"cannot connect ({type(exc).__name__})") from exc
+        if body is not None:
+            return self._decode(body, where)
+        status = response.status_code
+        if status != 429 and status < 500:
+            raise SourceError(f"{where} answered HTTP {status}")
+        asked = server_wait_seconds(response.headers) if status in SERVER_TIMED_STATUSES else None
+        raise TransientUpstreamError(f"HTTP {status}", asked)
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        log.warning(
+            "etl.http.retry",
+            source=self.source,
+            attempt=retry_state.attempt_number,
+            reason=retry_state.outcome.exception().reason,
+            wait_seconds=round(retry_state.upcoming_sleep, 3),
+        )
+
+    @staticmethod
+    def _give_up(retry_state: RetryCallState) -> None:
+        where = retry_state.kwargs["where"]
+        raise SourceError(
+            f"{where}: gave up after {retry_state.attempt_number} attempts in "
+            f"{retry_state.seconds_since_start:.1f}s: {retry_state.outcome.exception().reason}"
+        )
 
     def _body(self, response: requests.Response, where: str) -> bytes:
         content_type = response.headers.get("Content-Type", "")

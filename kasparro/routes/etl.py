@@ -8,10 +8,10 @@ from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.celery_app import broker_reachable
-from kasparro.etl.pipeline import SourceBusy
+from kasparro.dispatch import BrokerUnavailable, dispatch_run
+from kasparro.etl.runs import SourceBusy
 from kasparro.extensions import AppJSONParser
 from kasparro.schemas import EtlRunRequestSchema, EtlRunResponseSchema
-from tasks.etl import BrokerUnavailable, dispatch_run
 
 blp = Blueprint("etl", __name__, description="Run control")
 # Bodies are decoded by the app's JSON provider, which turns any undecodable body into a 400.

@@ -8,6 +8,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kasparro.celery_app import broker_reachable
 from kasparro.extensions import db
+from kasparro.models import RunStatus
 from kasparro.queries import source_health
 from kasparro.schemas import HealthSchema
 
@@ -34,7 +35,7 @@ def get_health():
             "last_etl_run": None,
             "sources": {},
         }, 503
-    failing = any(run.status == "FAILED" for run in last_runs.values())
+    failing = any(run.status == RunStatus.FAILED for run in last_runs.values())
     return {
         "status": "degraded" if failing or broker_connected is False else "healthy",
         "database_connected": True,

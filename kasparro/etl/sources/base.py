@@ -2,25 +2,19 @@
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
+from kasparro.etl.drift import FieldMap
 from kasparro.models import Checkpoint, RawRecordMixin
 
 
 class SourceError(RuntimeError):
-    """The source as a whole cannot be read (unreachable, unreadable, wrong layout).
-
-    ``transient`` marks failures worth retrying later: timeouts, refused connections, 429, 5xx.
-    """
-
-    def __init__(self, message: str, transient: bool = False):
-        super().__init__(message)
-        self.transient = transient
+    """The source as a whole cannot be read (unreachable, unreadable, wrong layout)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +40,48 @@ class KnownAsset:
     name: str
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A record whose end is not written yet: it waits for a later run."""
+
+    line: int
+    bytes: int
+    reason: str
+
+
+@dataclass
+class ReadReport:
+    """What a read learned, handed from the extract stage to the transform.
+
+    It crosses the task queue as JSON (``to_json``/``from_json``); in process it stays typed.
+    """
+
+    fields: FieldMap = field(default_factory=FieldMap)  # where each expected field was found
+    generation: int | None = None  # the file generation read (CSV feeds)
+    incomplete: str = ""  # why the read stopped before the end; the run is then PARTIAL
+    pending: Pending | None = None  # a record left waiting for its end
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready form, for the task queue."""
+        return {
+            "fields": self.fields.to_dict(),
+            "generation": self.generation,
+            "incomplete": self.incomplete,
+            "pending": asdict(self.pending) if self.pending else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ReadReport":
+        """Rebuild a report that crossed the task queue."""
+        pending = data.get("pending")
+        return cls(
+            fields=FieldMap.from_dict(data.get("fields")),
+            generation=data.get("generation"),
+            incomplete=data.get("incomplete") or "",
+            pending=Pending(**pending) if pending else None,
+        )
+
+
 @dataclass
 class RawRow:
     """A record as read from the source, ready for its raw table."""
@@ -69,15 +105,15 @@ class Source(ABC):
         """Yield every record past what is stored already as a raw row, usable or not."""
 
     @abstractmethod
-    def context(self) -> dict[str, Any]:
+    def report(self) -> ReadReport:
         """Return what the transform needs to know about the read that just ended."""
 
     @abstractmethod
-    def observations(self, raw: RawRecordMixin, context: dict[str, Any]) -> list[Observation]:
+    def observations(self, raw: RawRecordMixin, report: ReadReport) -> list[Observation]:
         """Turn one raw record into observations; raise InvalidValue to reject it."""
 
     @abstractmethod
-    def advance(self, cursor: dict[str, Any], raw: RawRecordMixin, context: dict[str, Any]) -> dict:
+    def advance(self, cursor: dict[str, Any], raw: RawRecordMixin, report: ReadReport) -> dict:
         """Return the cursor that covers ``raw`` too."""
 
     @abstractmethod
@@ -92,6 +128,6 @@ class Source(ABC):
         """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
         return {}
 
-    def known_assets(self, raw: RawRecordMixin, context: dict[str, Any]) -> list[KnownAsset]:
+    def known_assets(self, raw: RawRecordMixin, report: ReadReport) -> list[KnownAsset]:
         """Return the coin identities this record vouches for (only an authoritative source)."""
         return []

@@ -13,7 +13,14 @@ from kasparro.etl.drift import FieldMap, match_fields
 from kasparro.etl.http_client import JsonClient, RetryPolicy
 from kasparro.etl.parsing import InvalidValue, check_text, parse_amount, parse_timestamp
 from kasparro.etl.ratelimit import pacer_for
-from kasparro.etl.sources.base import KnownAsset, Observation, RawRow, Source, SourceError
+from kasparro.etl.sources.base import (
+    KnownAsset,
+    Observation,
+    RawRow,
+    ReadReport,
+    Source,
+    SourceError,
+)
 from kasparro.models import Asset, Checkpoint, RawApiRecord
 
 METRIC_FIELDS = (
@@ -67,7 +74,7 @@ class CoinGeckoSource(Source):
     def __init__(self, settings: dict[str, Any]):
         super().__init__(settings)
         self._fields = FieldMap()
-        self._incomplete: str | None = None
+        self._incomplete = ""
 
     def read(self, session: Session, checkpoint: Checkpoint | None) -> Iterator[RawRow]:
         """Yield each coin object of each page, stopping early at a short or failed page."""
@@ -149,16 +156,16 @@ class CoinGeckoSource(Source):
             columns={"external_id": coin_id, "source_updated_at": updated},
         )
 
-    def context(self) -> dict[str, Any]:
+    def report(self) -> ReadReport:
         """Return where each field was found, and whether the read stopped early."""
-        return {"fields": self._fields.to_dict(), "incomplete": self._incomplete}
+        return ReadReport(fields=self._fields, incomplete=self._incomplete)
 
-    def observations(self, raw: RawApiRecord, context: dict[str, Any]) -> list[Observation]:
+    def observations(self, raw: RawApiRecord, report: ReadReport) -> list[Observation]:
         """Turn one coin into up to three observations; a null metric is simply not observed."""
         coin = raw.payload
         if not isinstance(coin, dict):
             raise InvalidValue(f"not a coin object: {type(coin).__name__}")
-        fields = FieldMap.from_dict(context.get("fields"))
+        fields = report.fields
         if fields.missing:
             raise InvalidValue("; ".join(fields.missing.values()))
         coin_id = fields.get(coin, "id")
@@ -183,12 +190,12 @@ class CoinGeckoSource(Source):
             raise InvalidValue("coin has no price, market cap or volume")
         return observations
 
-    def known_assets(self, raw: RawApiRecord, context: dict[str, Any]) -> list[KnownAsset]:
+    def known_assets(self, raw: RawApiRecord, report: ReadReport) -> list[KnownAsset]:
         """Return the coin's own identity: CoinGecko is the authority on its ids."""
         coin = raw.payload
         if not isinstance(coin, dict) or not raw.external_id:
             return []
-        fields = FieldMap.from_dict(context.get("fields"))
+        fields = report.fields
         symbol, name = fields.get(coin, "symbol"), fields.get(coin, "name")
         if not isinstance(symbol, str) or not isinstance(name, str):
             return []
@@ -196,7 +203,7 @@ class CoinGeckoSource(Source):
             return []  # some letters grow when lower-cased: then the coin vouches for nothing
         return [KnownAsset(id=raw.external_id, symbol=symbol.lower(), name=name)]
 
-    def advance(self, cursor: dict, raw: RawApiRecord, context: dict[str, Any]) -> dict:
+    def advance(self, cursor: dict, raw: RawApiRecord, report: ReadReport) -> dict:
         """Return the high-water ``last_updated`` seen so far."""
         high_water = max(cursor.get("last_updated") or "", raw.source_updated_at)
         return {"last_updated": high_water or None}

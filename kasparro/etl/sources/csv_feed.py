@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session
 
 from kasparro.etl.drift import FieldMap, match_fields
 from kasparro.etl.parsing import InvalidValue, check_text
-from kasparro.etl.sources.base import Observation, RawRow, Source, SourceError
+from kasparro.etl.sources.base import (
+    Observation,
+    Pending,
+    RawRow,
+    ReadReport,
+    Source,
+    SourceError,
+)
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecordMixin
 
 MAX_RECORD_LINES = 100  # a quoted field spanning more lines than this is a stray quote
@@ -169,7 +176,8 @@ class CsvSource(Source):
     def __init__(self, settings: dict[str, Any]):
         super().__init__(settings)
         self._fields = FieldMap()
-        self._pending: dict[str, Any] | None = None
+        self._pending: Pending | None = None
+        self._generation: int | None = None
         self._generations: dict[int, Generation] = {}
         self._settled_size: int | None = None
 
@@ -205,7 +213,7 @@ class CsvSource(Source):
             if len(header_line) > self.limit:
                 raise SourceError(f"{self.path.name}: header is longer than CSV_MAX_RECORD_BYTES")
             if not header_line.endswith(b"\n"):
-                self._pending = {"line": 1, "bytes": len(header_line), "reason": NO_LINE_END}
+                self._pending = Pending(line=1, bytes=len(header_line), reason=NO_LINE_END)
                 return
             header = self._header(header_line, encoding)
             header_hash = content_hash(header_line)
@@ -218,17 +226,18 @@ class CsvSource(Source):
                 handle.seek(len(header_line))
             else:
                 number, line = place
+                self._generation = number
                 self._finish_last_line(handle, prefix)
             for record in self._records(handle, prefix, line):
                 if number is None:  # numbered only once there is a record to keep
-                    number = self._new_generation(
+                    number = self._generation = self._new_generation(
                         session, resume, Generation(header, header_hash, self._fields, encoding)
                     )
                 yield self._raw_row(record, number, encoding)
 
-    def context(self) -> dict[str, Any]:
-        """Return the field map of the read that just ended and what is left waiting."""
-        return {"fields": self._fields.to_dict(), "pending": self._pending}
+    def report(self) -> ReadReport:
+        """Return the field map and generation of the read that just ended, and what waits."""
+        return ReadReport(fields=self._fields, generation=self._generation, pending=self._pending)
 
     def _header(self, line: bytes, encoding: str) -> list[str]:
         codec = "utf-8-sig" if encoding == "utf-8" else encoding
@@ -320,7 +329,7 @@ class CsvSource(Source):
                 continue
             if not first.endswith(b"\n") and not self._complete_at_end(handle):
                 reason = OPEN_QUOTE if ends_in_quotes(first) else NO_LINE_END
-                self._pending = {"line": line + 1, "bytes": len(first), "reason": reason}
+                self._pending = Pending(line=line + 1, bytes=len(first), reason=reason)
                 return
             data, lines = first, 1
             if ends_in_quotes(first):
@@ -357,7 +366,7 @@ class CsvSource(Source):
                     break
                 data += more
                 reason = OPEN_QUOTE if inside else NO_LINE_END
-                self._pending = {"line": line, "bytes": len(data), "reason": reason}
+                self._pending = Pending(line=line, bytes=len(data), reason=reason)
                 return None, 0
             data += more
             lines += 1
@@ -382,7 +391,7 @@ class CsvSource(Source):
                 break
             if not piece:
                 size = handle.tell() - start
-                self._pending = {"line": line, "bytes": size, "reason": NO_LINE_END}
+                self._pending = Pending(line=line, bytes=size, reason=NO_LINE_END)
                 return None
         return Record(
             start=start,
@@ -458,7 +467,7 @@ class CsvSource(Source):
                 row.header, row.header_hash, fields, row.encoding
             )
 
-    def advance(self, cursor: dict, raw: RawCsvRecordMixin, context: dict[str, Any]) -> dict:
+    def advance(self, cursor: dict, raw: RawCsvRecordMixin, report: ReadReport) -> dict:
         """Return a cursor just past ``raw``, with the fingerprint of everything up to it."""
         if raw.raw_text is not None:
             breaks = raw.raw_text.count("\n")
@@ -498,7 +507,7 @@ class CsvSource(Source):
             if (first := first_lines[(raw.generation, raw.content_hash)]) < raw.line_no
         }
 
-    def observations(self, raw: RawCsvRecordMixin, context: dict[str, Any]) -> list[Observation]:
+    def observations(self, raw: RawCsvRecordMixin, report: ReadReport) -> list[Observation]:
         """Split a record with its generation's header and map it to observations."""
         generation = self._generations[raw.generation]
         text = raw.raw_text
