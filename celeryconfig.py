@@ -1,25 +1,16 @@
-"""Celery settings, read from the environment.
+"""Celery settings, built from the app's settings (``kasparro.config``).
 
 Without ``CELERY_BROKER_URL`` (the embedded default) tasks run eagerly in the calling process,
 so the same code path works on a machine with only Python.
 """
 
-import os
-
-from kasparro.config import env_int
+from kasparro.config import load_settings, schedule_setting
 from kasparro.etl.sources import SOURCE_NAMES
 
-DEFAULT_SCHEDULE_SECONDS = {"coingecko_api": 300}  # other sources: 600
-DEFAULT_RETENTION_SECONDS = 3600
+_settings = load_settings()
 
-
-def schedule_setting(source: str) -> str:
-    """Return the environment variable that sets ``source``'s beat interval."""
-    return f"SCHEDULE_{source.upper()}_SECONDS"
-
-
-broker_url = os.environ.get("CELERY_BROKER_URL", "").strip() or "memory://"
-result_backend = os.environ.get("CELERY_RESULT_BACKEND", "").strip() or None
+broker_url = _settings["CELERY_BROKER_URL"] or "memory://"
+result_backend = _settings["CELERY_RESULT_BACKEND"] or None
 task_always_eager = broker_url == "memory://"
 task_eager_propagates = False
 
@@ -32,14 +23,17 @@ task_reject_on_worker_lost = True
 # is FAILED with the cause (tasks.etl.record_lost_worker).
 task_retry_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_soft_time_limit = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1800)
+task_soft_time_limit = _settings["CELERY_TASK_SOFT_TIME_LIMIT"]
 task_time_limit = task_soft_time_limit + 60
 # Redis redelivers an unacknowledged task after this long: it must exceed the longest run.
 # Workers look for such tasks every CELERY_UNACKED_RESTORE_SECONDS.
 # The scan holds a Redis mutex; a worker killed while holding it blocks scans until it expires.
-_restore_seconds = env_int("CELERY_UNACKED_RESTORE_SECONDS", 60)
+_restore_seconds = _settings["CELERY_UNACKED_RESTORE_SECONDS"]
+_visibility_timeout = _settings["CELERY_VISIBILITY_TIMEOUT"]
+if _visibility_timeout is None:  # unset: ten minutes longer than any task may run
+    _visibility_timeout = task_time_limit + 600
 broker_transport_options = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", task_time_limit + 600),
+    "visibility_timeout": _visibility_timeout,
     "unacked_restore_interval": _restore_seconds,
     "unacked_restore_throttle": 1,
     "unacked_mutex_expire": max(10, 5 * _restore_seconds),
@@ -59,7 +53,7 @@ accept_content = ["json"]
 result_expires = 86400
 timezone = "UTC"
 enable_utc = True
-task_default_queue = os.environ.get("CELERY_QUEUE", "").strip() or "etl"
+task_default_queue = _settings["CELERY_QUEUE"]
 imports = ("tasks.etl", "tasks.maintenance")
 # Kasparro's own structured, redacting logging stays in charge in worker processes too.
 worker_hijack_root_logger = False
@@ -68,9 +62,7 @@ worker_redirect_stdouts = False
 beat_schedule = {
     f"etl-{source}": {
         "task": "etl.scheduled_run",
-        "schedule": float(
-            env_int(schedule_setting(source), DEFAULT_SCHEDULE_SECONDS.get(source, 600))
-        ),
+        "schedule": float(_settings[schedule_setting(source)]),
         "args": (source,),
     }
     for source in SOURCE_NAMES
@@ -78,5 +70,8 @@ beat_schedule = {
 # Retention deletes old raw rows in short batches (kasparro.etl.retention), never blocking a run.
 beat_schedule["retention"] = {
     "task": "etl.retention",
-    "schedule": float(env_int("SCHEDULE_RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS)),
+    "schedule": float(_settings["SCHEDULE_RETENTION_SECONDS"]),
 }
+# Only the values above are Celery's; the app's settings (secrets among them) stay out of the
+# configuration Celery keeps and can be asked to show.
+del _settings

@@ -122,10 +122,12 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_request_hooks(app: Flask) -> None:
-    """Add request ids, access logs and JSON answers for every error."""
-    from kasparro.routes.errors import init_error_handling
+    """Give every request an id and an access-log line, and every error a JSON body."""
+    from kasparro.routes.errors import init_error_handlers
+    from kasparro.routes.request_log import init_request_log
 
-    init_error_handling(app)
+    init_request_log(app)
+    init_error_handlers(app)
 
 
 def register_commands(app: Flask) -> None:

@@ -1,36 +1,101 @@
-"""Every setting Kasparro reads, taken from the environment with safe defaults."""
+"""Every setting Kasparro reads: declared once here, read from the environment, and checked.
+
+Each ``Setting`` names one environment variable, its default, how its text is read, and what it
+means. ``load_settings()`` reads them all into the app's config; ``celeryconfig`` builds Celery's
+settings from the same values; the README's table and ``.env.example`` are checked against the
+list (``tests/test_settings.py``), and ``settings_table()`` writes that table.
+"""
 
 import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COINGECKO_MARKETS_URL = "https://api.coingecko.com/api/v3/coins/markets"
+# Request bodies are small JSON documents; this bound is part of the API, not a setting.
+MAX_CONTENT_LENGTH = 64 * 1024
+
+ValueOf = Callable[[str], Any]
 
 
-def _parsed(name: str, default, parse, kind: str):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its default, how its text is read, and what it means."""
+
+    name: str
+    # The value when the variable is unset or blank; a function computes it from other settings
+    # (it gets ``value_of(name)``), and then ``default_text`` says what it is in words.
+    default: Any
+    meaning: str
+    # Turns the variable's text into the value; a ValueError's message says what was expected.
+    parse: Callable[[str], Any] = str
+    secret: bool = False  # the whole value is a secret: it has no default and is never logged
+    secret_parts: Callable[[Any], Iterable[str]] | None = None  # the secrets inside a value
+    key: str = ""  # the app's config key, when it is not the variable's name
+    default_text: str = ""
+
+    def __post_init__(self):
+        if self.secret and self.default != "":
+            raise ValueError(f"{self.name} is a secret: it must have no default")
+        if callable(self.default) and not self.default_text:
+            raise ValueError(f"{self.name}: a computed default needs default_text")
+
+    @property
+    def config_key(self) -> str:
+        """Return the app's config key for this setting."""
+        return self.key or self.name
+
+    @property
+    def holds_secret(self) -> bool:
+        """Return whether a value of this setting is, or may contain, a secret."""
+        return self.secret or self.secret_parts is not None
+
+    def read(self, environ: Mapping[str, str], value_of: ValueOf) -> Any:
+        """Return this setting's value in ``environ``; unset or blank means the default."""
+        raw = environ.get(self.name, "").strip()
+        if not raw:
+            return self.default(value_of) if callable(self.default) else self.default
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            # A value that may hold a secret is never repeated in an error.
+            given = "" if self.holds_secret else f", got {raw!r}"
+            raise ValueError(f"{self.name} {exc}{given}") from None
+
+    def secrets_in(self, value: Any) -> list[str]:
+        """Return the secrets ``value`` holds (for the log scrubber)."""
+        if self.secret_parts is not None:
+            return list(self.secret_parts(value or ""))
+        return [value] if self.secret and value else []
+
+
+def whole_number(raw: str) -> int:
+    """Parse a whole number."""
     try:
-        return parse(raw)
+        return int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+        raise ValueError("must be a whole number") from None
 
 
-def env_int(name: str, default: int) -> int:
-    """Return a whole-number setting; a value that is not one is a clear start-up error."""
-    return _parsed(name, default, int, "a whole number")
+def number(raw: str) -> float:
+    """Parse a number."""
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
 
 
-def env_float(name: str, default: float) -> float:
-    """Return a numeric setting; a value that is not a number is a clear start-up error."""
-    return _parsed(name, default, float, "a number")
+def at_least(minimum: int) -> Callable[[str], int]:
+    """Return a parser of whole numbers that raises smaller ones to ``minimum``."""
 
+    def parse(raw: str) -> int:
+        return max(minimum, whole_number(raw))
 
-def _str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default).strip() or default
+    return parse
 
 
 def database_url(raw: str) -> str:
@@ -55,95 +120,353 @@ def database_url(raw: str) -> str:
     return raw
 
 
-def _redis_broker() -> str:
-    broker = _str("CELERY_BROKER_URL")
+def url_password(url: str) -> list[str]:
+    """Return the password in ``url``, if it has one."""
+    try:
+        password = make_url(url).password if url else None
+    except Exception:  # an unparsable URL fails later with its own clear error
+        password = None
+    return [password] if password else []
+
+
+def flower_passwords(users: str) -> list[str]:
+    """Return the passwords of FLOWER_BASIC_AUTH's ``user:password`` pairs."""
+    return [pair.partition(":")[2] for pair in users.split(",")]
+
+
+def project_path(*parts: str) -> str:
+    """Return the path of a file bundled with the project."""
+    return str(PROJECT_ROOT.joinpath(*parts))
+
+
+def _embedded_database(value_of: ValueOf) -> str:
+    return database_url("sqlite:///./etl.db")  # resolved in the working directory of each read
+
+
+def _redis_broker(value_of: ValueOf) -> str:
+    broker = value_of("CELERY_BROKER_URL")
     return broker if broker.startswith(("redis://", "rediss://")) else ""
 
 
-def load_settings() -> dict:
-    """Read every setting from the environment; secrets have no default."""
-    return {
-        "SQLALCHEMY_DATABASE_URI": database_url(_str("DATABASE_URL", "sqlite:///./etl.db")),
-        "API_SOURCE_URL": _str("API_SOURCE_URL", COINGECKO_MARKETS_URL),
-        "API_KEY": os.environ.get("API_KEY", "").strip(),
-        "API_KEY_HEADER": _str("API_KEY_HEADER"),
-        "API_MAX_PAGES": env_int("API_MAX_PAGES", 4),
-        "API_PER_PAGE": env_int("API_PER_PAGE", 250),
-        "API_TIMEOUT_SECONDS": env_float("API_TIMEOUT_SECONDS", 10.0),
-        "API_CALLS_PER_MINUTE": env_float("API_CALLS_PER_MINUTE", 30.0),
-        "API_MAX_ATTEMPTS": max(1, env_int("API_MAX_ATTEMPTS", 5)),
-        "API_RETRY_BUDGET_SECONDS": env_float("API_RETRY_BUDGET_SECONDS", 120.0),
-        "API_BACKOFF_BASE_SECONDS": env_float("API_BACKOFF_BASE_SECONDS", 1.0),
-        "API_BACKOFF_MAX_SECONDS": env_float("API_BACKOFF_MAX_SECONDS", 30.0),
-        "SCHEMA_DRIFT_THRESHOLD": env_float("SCHEMA_DRIFT_THRESHOLD", 0.8),
-        "CSV1_PATH": _str("CSV1_PATH", str(PROJECT_ROOT / "data" / "source1.csv")),
-        "CSV2_PATH": _str("CSV2_PATH", str(PROJECT_ROOT / "data" / "source2.csv")),
-        "ASSETS_SEED_PATH": _str(
-            "ASSETS_SEED_PATH", str(PROJECT_ROOT / "data" / "assets_seed.csv")
+def _rate_limit_with_broker(value_of: ValueOf) -> str:
+    return "300/minute" if value_of("CELERY_BROKER_URL") else ""
+
+
+CORE_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "DATABASE_URL",
+        _embedded_database,
+        "SQLAlchemy URL; a relative SQLite path is relative to the working directory; "
+        "PostgreSQL as `postgresql+psycopg://user:pass@host/db`",
+        database_url,
+        secret_parts=url_password,
+        key="SQLALCHEMY_DATABASE_URI",
+        default_text="`sqlite:///./etl.db`",
+    ),
+    Setting(
+        "ASSETS_SEED_PATH",
+        project_path("data", "assets_seed.csv"),
+        "asset identities used when CoinGecko is out of reach",
+    ),
+    Setting("ETL_BATCH_SIZE", 1000, "rows per transaction in extract and transform", whole_number),
+    Setting(
+        "CSV_MAX_RECORD_BYTES",
+        64 * 1024,
+        "longest CSV record, line ending included (at least 64); a longer one is rejected unread",
+        at_least(64),
+    ),
+    Setting(
+        "CSV_SETTLE_SECONDS",
+        300,
+        "a CSV file unchanged this long is complete: its unterminated last record is read",
+        whole_number,
+    ),
+    Setting(
+        "SCHEMA_DRIFT_THRESHOLD", 0.8, "confidence needed to map a renamed input field", number
+    ),
+    Setting(
+        "ETL_INJECT_FAILURE",
+        "",
+        "failure injection for demonstrations: `source:after_rows:N`, `source:before_load`, "
+        "`source:on_commit` or `source:crash`",
+    ),
+    Setting(
+        "ETL_WORKER_LOST_RETRIES",
+        2,
+        "sends of a task after its worker process died; then its run is FAILED",
+        whole_number,
+    ),
+    Setting(
+        "ETL_WORKER_LOST_RETRY_DELAY_SECONDS",
+        30,
+        "pause before each of those sends",
+        whole_number,
+    ),
+    Setting(
+        "ETL_STALE_AFTER_SECONDS",
+        900,
+        "a RUNNING run silent this long is taken as dead and its lock released",
+        whole_number,
+    ),
+    Setting(
+        "ETL_ADMIN_TOKEN",
+        "",
+        "bearer token of `POST /etl/run`; empty disables it",
+        secret=True,
+    ),
+    Setting(
+        "RETENTION_UNIFIED_DAYS",
+        0,
+        "age in days, by `timestamp`, after which observations are deleted; 0 keeps them",
+        whole_number,
+    ),
+    Setting("RETENTION_BATCH_SIZE", 1000, "rows per delete transaction (at least 1)", at_least(1)),
+    Setting("RETENTION_PAUSE_SECONDS", 0.1, "pause between two delete transactions", number),
+    Setting(
+        "RETENTION_MAX_PASS_SECONDS",
+        300.0,
+        "time budget of a retention pass (0: none); what is left waits for the next",
+        number,
+    ),
+    Setting(
+        "LOG_LEVEL",
+        "INFO",
+        "the lowest level logged: `DEBUG`, `INFO`, `WARNING` or `ERROR`",
+        str.upper,
+    ),
+    Setting("LOG_FORMAT", "json", "`json` (one object a line) or `console`", str.lower),
+    Setting("CORS_ORIGINS", "", "comma-separated origins allowed from browsers; empty: none"),
+    Setting(
+        "PROXY_FIX_X_FOR",
+        0,
+        "proxies in front of the API that append to `X-Forwarded-For` (2 on Render)",
+        whole_number,
+    ),
+    Setting(
+        "FORWARDED_ALLOW_IPS",
+        "127.0.0.1,::1",
+        "peers trusted as proxies (addresses or networks, `*` for any); gunicorn reads it too",
+    ),
+    Setting(
+        "REDIS_URL",
+        _redis_broker,
+        "shared state: upstream pacing and request limits",
+        secret_parts=url_password,
+        default_text="the broker, if Redis",
+    ),
+    Setting(
+        "PUBLIC_RATE_LIMIT",
+        _rate_limit_with_broker,
+        "per-client limit on the public endpoints, e.g. `120/minute`",
+        default_text="off; `300/minute` with a broker",
+    ),
+)
+
+CELERY_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "CELERY_BROKER_URL",
+        "",
+        "Redis URL of the task queue; empty runs tasks in-process",
+        secret_parts=url_password,
+    ),
+    Setting(
+        "CELERY_RESULT_BACKEND",
+        "",
+        "Redis URL where task results are kept; empty: none are",
+        secret_parts=url_password,
+    ),
+    Setting("CELERY_QUEUE", "etl", "the queue the tasks go to"),
+    Setting(
+        "CELERY_TASK_SOFT_TIME_LIMIT",
+        1800,
+        "a task's soft time limit in seconds (the hard one is 60 s more)",
+        whole_number,
+    ),
+    Setting(
+        "CELERY_VISIBILITY_TIMEOUT",
+        None,
+        "seconds after which Redis redelivers an unacknowledged task: above the longest run",
+        whole_number,
+        default_text="the hard time limit + 600",
+    ),
+    Setting(
+        "CELERY_UNACKED_RESTORE_SECONDS",
+        60,
+        "how often workers look for tasks to redeliver",
+        whole_number,
+    ),
+    Setting(
+        "SCHEDULE_RETENTION_SECONDS", 3600, "how often beat runs the retention pass", whole_number
+    ),
+    Setting(
+        "FLOWER_BASIC_AUTH",
+        "",
+        "Flower's basic auth, `user:password` (comma-separated pairs); Flower never runs without",
+        secret=True,
+        secret_parts=flower_passwords,
+    ),
+)
+
+
+def schedule_setting(source: str) -> str:
+    """Return the setting that holds ``source``'s beat interval."""
+    return f"SCHEDULE_{source.upper()}_SECONDS"
+
+
+def raw_retention_setting(source: str) -> str:
+    """Return the setting that holds ``source``'s raw retention age in days."""
+    return f"RETENTION_RAW_DAYS_{source.upper()}"
+
+
+def source_run_settings(
+    source: str, *, schedule_seconds: int = 600, raw_retention_days: int = 0
+) -> tuple[Setting, Setting]:
+    """Return the settings every source has: its beat interval and its raw rows' retention."""
+    return (
+        Setting(
+            schedule_setting(source),
+            schedule_seconds,
+            f"seconds between two scheduled runs of `{source}`",
+            whole_number,
         ),
-        "ETL_BATCH_SIZE": env_int("ETL_BATCH_SIZE", 1000),
-        # Longest CSV record, line ending included; a longer line is rejected, never held whole.
-        "CSV_MAX_RECORD_BYTES": max(64, env_int("CSV_MAX_RECORD_BYTES", 64 * 1024)),
-        # A CSV file unchanged this long is complete: its unterminated last record is read.
-        "CSV_SETTLE_SECONDS": env_int("CSV_SETTLE_SECONDS", 300),
-        # The encoding each CSV feed is written in; a row that is not valid in it is rejected.
-        "CSV1_ENCODING": _str("CSV1_ENCODING", "utf-8"),
-        "CSV2_ENCODING": _str("CSV2_ENCODING", "utf-8"),
-        # Largest CoinGecko page accepted; a larger answer fails the read without being kept.
-        "API_MAX_PAGE_BYTES": env_int("API_MAX_PAGE_BYTES", 20 * 1024 * 1024),
-        # A task whose worker process dies is sent again this many times, then its run FAILS.
-        "ETL_WORKER_LOST_RETRIES": env_int("ETL_WORKER_LOST_RETRIES", 2),
-        "ETL_WORKER_LOST_RETRY_DELAY_SECONDS": env_int("ETL_WORKER_LOST_RETRY_DELAY_SECONDS", 30),
-        "ETL_INJECT_FAILURE": _str("ETL_INJECT_FAILURE"),
-        "ETL_STALE_AFTER_SECONDS": env_int("ETL_STALE_AFTER_SECONDS", 900),
-        # Retention (kasparro.etl.retention): raw rows the transform has covered go after this
-        # many days, per source; 0 keeps them. CoinGecko's payloads are big and come every run.
-        "RETENTION_RAW_DAYS_COINGECKO_API": env_int("RETENTION_RAW_DAYS_COINGECKO_API", 7),
-        "RETENTION_RAW_DAYS_CSV1": env_int("RETENTION_RAW_DAYS_CSV1", 0),
-        "RETENTION_RAW_DAYS_CSV2": env_int("RETENTION_RAW_DAYS_CSV2", 0),
-        "RETENTION_UNIFIED_DAYS": env_int("RETENTION_UNIFIED_DAYS", 0),
-        "RETENTION_BATCH_SIZE": max(1, env_int("RETENTION_BATCH_SIZE", 1000)),
-        "RETENTION_PAUSE_SECONDS": env_float("RETENTION_PAUSE_SECONDS", 0.1),
-        "RETENTION_MAX_PASS_SECONDS": env_float("RETENTION_MAX_PASS_SECONDS", 300.0),
-        "LOG_LEVEL": _str("LOG_LEVEL", "INFO").upper(),
-        "LOG_FORMAT": _str("LOG_FORMAT", "json").lower(),
-        "CORS_ORIGINS": _str("CORS_ORIGINS"),
-        # Proxies in front of the API that set X-Forwarded-For (so limits see the real client),
-        # believed only from peers in FORWARDED_ALLOW_IPS (gunicorn's own setting, same syntax).
-        "PROXY_FIX_X_FOR": env_int("PROXY_FIX_X_FOR", 0),
-        "FORWARDED_ALLOW_IPS": _str("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
-        "MAX_CONTENT_LENGTH": 64 * 1024,
-        "ETL_ADMIN_TOKEN": os.environ.get("ETL_ADMIN_TOKEN", "").strip(),
-        # Shared state (the upstream rate limiter, the public API limits): Redis when there is one.
-        "REDIS_URL": _str("REDIS_URL") or _redis_broker(),
-        # Per-client limit on the public endpoints, e.g. "120/minute"; empty turns it off.
-        "PUBLIC_RATE_LIMIT": _str(
-            "PUBLIC_RATE_LIMIT", "300/minute" if os.environ.get("CELERY_BROKER_URL") else ""
+        Setting(
+            raw_retention_setting(source),
+            raw_retention_days,
+            f"age in days after which `{source}`'s raw rows, once transformed, go; 0 keeps them",
+            whole_number,
         ),
-    }
+    )
 
 
-def _url_password(url: str) -> str:
-    try:
-        return make_url(url).password or ""
-    except Exception:  # an unparsable URL fails later with its own clear error
-        return ""
+def csv_feed_settings(source: str, prefix: str, bundled: str) -> tuple[Setting, ...]:
+    """Return the settings of a CSV feed: its run settings, its file and its encoding."""
+    return (
+        *source_run_settings(source),
+        Setting(f"{prefix}_PATH", project_path("data", bundled), f"the file `{source}` reads"),
+        Setting(
+            f"{prefix}_ENCODING",
+            "utf-8",
+            f"the encoding `{source}` is written in (ASCII-compatible); other rows are rejected",
+        ),
+    )
 
 
-def secret_values(config) -> list[str]:
-    """Return the configured secret values, so logs can be scrubbed of them."""
+# The settings that belong to one source each, by source name.
+SOURCE_SETTINGS: dict[str, tuple[Setting, ...]] = {
+    "coingecko_api": (
+        *source_run_settings("coingecko_api", schedule_seconds=300, raw_retention_days=7),
+        Setting("API_SOURCE_URL", COINGECKO_MARKETS_URL, "the `/coins/markets` URL to read"),
+        Setting(
+            "API_KEY",
+            "",
+            "CoinGecko key, sent only in a header; empty: the keyless public API",
+            secret=True,
+        ),
+        Setting("API_KEY_HEADER", "", "the key's header name; empty: chosen from the host"),
+        Setting(
+            "API_MAX_PAGES", 4, "pages fetched per run (it stops at a short page)", whole_number
+        ),
+        Setting("API_PER_PAGE", 250, "coins per page", whole_number),
+        Setting("API_TIMEOUT_SECONDS", 10.0, "connect and read timeout per request", number),
+        Setting(
+            "API_CALLS_PER_MINUTE",
+            30.0,
+            "pacing of calls, shared through Redis when there is one",
+            number,
+        ),
+        Setting("API_MAX_ATTEMPTS", 5, "tries per page (at least 1)", at_least(1)),
+        Setting("API_RETRY_BUDGET_SECONDS", 120.0, "seconds all tries of a page may take", number),
+        Setting(
+            "API_BACKOFF_BASE_SECONDS", 1.0, "first wait between tries, doubled each time", number
+        ),
+        Setting("API_BACKOFF_MAX_SECONDS", 30.0, "longest wait between tries", number),
+        Setting(
+            "API_MAX_PAGE_BYTES",
+            20 * 1024 * 1024,
+            "largest page accepted, in bytes; a larger one fails the read without being kept",
+            whole_number,
+        ),
+    ),
+    "csv1": csv_feed_settings("csv1", "CSV1", "source1.csv"),
+    "csv2": csv_feed_settings("csv2", "CSV2", "source2.csv"),
+}
+
+# Every setting the app reads.
+SETTINGS: tuple[Setting, ...] = (
+    *CORE_SETTINGS,
+    *CELERY_SETTINGS,
+    *(setting for settings in SOURCE_SETTINGS.values() for setting in settings),
+)
+
+# Read by docker compose from .env, never by the app; listed so .env.example is checked whole.
+COMPOSE_SETTINGS: tuple[Setting, ...] = (
+    Setting("POSTGRES_PASSWORD", "", "password of the compose stack's PostgreSQL", secret=True),
+    Setting("REDIS_PASSWORD", "", "password of the compose stack's Redis", secret=True),
+    Setting("API_PORT", 8000, "host port of the compose stack's API", whole_number),
+    Setting("FLOWER_PORT", 5555, "host port of the compose stack's Flower", whole_number),
+)
+
+
+def _read(settings: Iterable[Setting], environ: Mapping[str, str]) -> dict[str, Any]:
+    by_name = {setting.name: setting for setting in settings}
+
+    def value_of(name: str) -> Any:
+        return by_name[name].read(environ, value_of)
+
+    return {setting.config_key: value_of(name) for name, setting in by_name.items()}
+
+
+def load_settings() -> dict[str, Any]:
+    """Read every setting from the environment, for the app's config; a bad value stops here."""
+    return {**_read(SETTINGS, os.environ), "MAX_CONTENT_LENGTH": MAX_CONTENT_LENGTH}
+
+
+def secret_values(config: Mapping[str, Any]) -> list[str]:
+    """Return the configured secret values, so logs can be scrubbed of them.
+
+    A setting is taken from ``config`` when it is there, else from the environment; the Celery
+    URLs a test or a caller put in ``config["CELERY"]`` count too.
+    """
+    holders = [setting for setting in (*SETTINGS, *COMPOSE_SETTINGS) if setting.holds_secret]
+    values = {**_read(holders, os.environ), **config}
     celery = config.get("CELERY", {})
-    urls = [
-        config.get("SQLALCHEMY_DATABASE_URI", ""),
-        celery.get("broker_url") or os.environ.get("CELERY_BROKER_URL", ""),
-        celery.get("result_backend") or os.environ.get("CELERY_RESULT_BACKEND", ""),
-        config.get("REDIS_URL", ""),
-        config.get("API_SOURCE_URL", ""),
-    ]
     secrets = [
-        config.get("API_KEY", ""),
-        config.get("ETL_ADMIN_TOKEN", ""),
-        *(pair.partition(":")[2] for pair in os.environ.get("FLOWER_BASIC_AUTH", "").split(",")),
-        *(_url_password(url) for url in urls if url),
+        *(part for setting in holders for part in setting.secrets_in(values[setting.config_key])),
+        *url_password(celery.get("broker_url") or ""),
+        *url_password(celery.get("result_backend") or ""),
     ]
     return [s for s in secrets if s and len(s) >= 4]
+
+
+def shown_default(setting: Setting) -> str:
+    """Return ``setting``'s default as the README writes it."""
+    value = setting.default
+    if setting.default_text:
+        return setting.default_text
+    if setting.secret:
+        return "none (secret)"
+    if value in ("", None):
+        return "empty"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return str(value)
+    if value.startswith(f"{PROJECT_ROOT}{os.sep}"):
+        value = Path(value).relative_to(PROJECT_ROOT).as_posix()
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """Return the README's tables of settings, in Markdown, one per group."""
+    groups = [
+        ("The application", CORE_SETTINGS),
+        ("Celery, beat and Flower", CELERY_SETTINGS),
+        *((f"Source `{name}`", settings) for name, settings in SOURCE_SETTINGS.items()),
+        ("docker compose only (read from `.env` by compose, not by the app)", COMPOSE_SETTINGS),
+    ]
+    lines = []
+    for title, settings in groups:
+        lines += [f"**{title}**", "", "| key | default | meaning |", "|---|---|---|"]
+        lines += [f"| `{s.name}` | {shown_default(s)} | {s.meaning} |" for s in settings]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"

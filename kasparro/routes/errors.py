@@ -1,8 +1,5 @@
-"""Request ids, access logs, and a JSON body for every error: no HTML pages, no tracebacks."""
+"""A JSON body for every error: no HTML pages, no tracebacks."""
 
-import re
-import time
-import uuid
 from http import HTTPStatus
 
 import structlog
@@ -11,8 +8,6 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = structlog.get_logger(__name__)
-MAX_QUERY_STRING = 2048
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
 def error_body(code: int, message: str, **extra):
@@ -21,38 +16,8 @@ def error_body(code: int, message: str, **extra):
     return jsonify(body), code
 
 
-def init_error_handling(app: Flask) -> None:
-    """Attach the request-id, access-log and error hooks to ``app``."""
-
-    @app.before_request
-    def assign_request_id():
-        supplied = request.headers.get("X-Request-ID", "")
-        g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
-        g.request_started = time.perf_counter()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=g.request_id)
-
-    @app.before_request
-    def bound_query_string():
-        if len(request.query_string) > MAX_QUERY_STRING:
-            return error_body(414, f"the query string is longer than {MAX_QUERY_STRING} bytes")
-        return None
-
-    @app.after_request
-    def echo_request_id(response):
-        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
-        log.info(
-            "http.request",
-            method=request.method,
-            path=request.path,
-            status=response.status_code,
-            duration_ms=round((time.perf_counter() - g.get("request_started", 0)) * 1000, 2),
-        )
-        return response
-
-    @app.teardown_request
-    def forget_request_id(exc):
-        structlog.contextvars.clear_contextvars()
+def init_error_handlers(app: Flask) -> None:
+    """Answer every error ``app`` raises with a JSON body."""
 
     @app.errorhandler(405)
     def method_not_allowed(exc):

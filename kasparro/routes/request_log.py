@@ -1,0 +1,48 @@
+"""Every request gets an id and one access-log line; an over-long query string is refused."""
+
+import re
+import time
+import uuid
+
+import structlog
+from flask import Flask, g, request
+
+from kasparro.routes.errors import error_body
+
+log = structlog.get_logger(__name__)
+MAX_QUERY_STRING = 2048
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+
+
+def init_request_log(app: Flask) -> None:
+    """Attach the request-id, query-string bound and access-log hooks to ``app``."""
+
+    @app.before_request
+    def assign_request_id():
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        g.request_started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @app.before_request
+    def bound_query_string():
+        if len(request.query_string) > MAX_QUERY_STRING:
+            return error_body(414, f"the query string is longer than {MAX_QUERY_STRING} bytes")
+        return None
+
+    @app.after_request
+    def echo_request_id(response):
+        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        log.info(
+            "http.request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            duration_ms=round((time.perf_counter() - g.get("request_started", 0)) * 1000, 2),
+        )
+        return response
+
+    @app.teardown_request
+    def forget_request_id(exc):
+        structlog.contextvars.clear_contextvars()
