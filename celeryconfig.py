@@ -5,7 +5,7 @@ so the same code path works on a machine with only Python.
 """
 
 from kasparro.config import load_settings, schedule_setting
-from kasparro.etl.sources import SOURCE_NAMES
+from kasparro.etl.sources import SOURCES
 
 _settings = load_settings()
 
@@ -65,7 +65,7 @@ beat_schedule = {
         "schedule": float(_settings[schedule_setting(source)]),
         "args": (source,),
     }
-    for source in SOURCE_NAMES
+    for source in SOURCES
 }
 # Retention deletes old raw rows in short batches (kasparro.etl.retention), never blocking a run.
 beat_schedule["retention"] = {

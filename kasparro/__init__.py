@@ -10,7 +10,6 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from kasparro.config import load_settings, secret_values
 from kasparro.etl.faults import FailurePlan
-from kasparro.extensions import BodyJSONProvider
 from kasparro.logs import configure_logging
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -18,6 +17,9 @@ MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: config, then extensions, blueprints, error handling and the CLI."""
+    # Extensions load with the app, not with the package: the ETL core imports none of them.
+    from kasparro.extensions import BodyJSONProvider
+
     load_dotenv()
     app = Flask(__name__)
     app.json = BodyJSONProvider(app)

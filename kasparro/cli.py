@@ -7,11 +7,12 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
+from kasparro.config import raw_retention_setting
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
 from kasparro.etl.pipeline import run_source
-from kasparro.etl.retention import apply_retention, raw_age_setting
+from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import SourceBusy, describe_error
-from kasparro.etl.sources import SOURCE_NAMES
+from kasparro.etl.sources import SOURCES
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, RunStatus
 from kasparro.queries import source_health
@@ -42,7 +43,7 @@ def _counts(run) -> str:
     "--source",
     "sources",
     multiple=True,
-    type=click.Choice(SOURCE_NAMES),
+    type=click.Choice(SOURCES),
     help="Source to run; repeat for several. Default: all.",
 )
 @click.option(
@@ -53,10 +54,10 @@ def _counts(run) -> str:
 def run_command(sources, enqueue):
     """Run the ETL for each source and print a summary; exit 1 if any source failed."""
     if enqueue:
-        _enqueue(sources or SOURCE_NAMES)
+        _enqueue(sources or SOURCES)
         return
     failed = []
-    for name in sources or SOURCE_NAMES:
+    for name in sources or SOURCES:
         try:
             run = run_source(db.session, name, current_app.config, trigger="cli")
         except SourceBusy as busy:
@@ -91,7 +92,7 @@ def _enqueue(sources) -> None:
 def status_command():
     """Print each source's last run and checkpoint."""
     _, last_runs = source_health(db.session)
-    for name in SOURCE_NAMES:
+    for name in SOURCES:
         run = last_runs.get(name)
         checkpoint = db.session.get(Checkpoint, name)
         state = (
@@ -112,11 +113,11 @@ def status_command():
 def retention_command():
     """Delete covered raw rows (and observations, if configured) past their age; print counts."""
     report = apply_retention(db.session, current_app.config)
-    for source in SOURCE_NAMES:
+    for source in SOURCES:
         if source in report.raw:
             click.echo(f"{source:<14} raw rows deleted: {report.raw[source]}")
         else:
-            click.echo(f"{source:<14} raw rows kept: {raw_age_setting(source)} is 0")
+            click.echo(f"{source:<14} raw rows kept: {raw_retention_setting(source)} is 0")
     if current_app.config["RETENTION_UNIFIED_DAYS"] > 0:
         click.echo(f"{'unified':<14} observations deleted: {report.unified}")
     for table, reason in report.deferred.items():

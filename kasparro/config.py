@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-COINGECKO_MARKETS_URL = "https://api.coingecko.com/api/v3/coins/markets"
 # Request bodies are small JSON documents; this bound is part of the API, not a setting.
 MAX_CONTENT_LENGTH = 64 * 1024
 
@@ -338,65 +337,22 @@ def source_run_settings(
     )
 
 
-def csv_feed_settings(source: str, prefix: str, bundled: str) -> tuple[Setting, ...]:
-    """Return the settings of a CSV feed: its run settings, its file and its encoding."""
+def source_settings() -> dict[str, tuple["Setting", ...]]:
+    """Return, by source, the settings each source declares (``Source.declared_settings``)."""
+    # Imported here: the sources declare their settings with this module's ``Setting``.
+    from kasparro.etl.sources import SOURCES
+
+    return {name: source.declared_settings() for name, source in SOURCES.items()}
+
+
+def app_settings() -> tuple[Setting, ...]:
+    """Return every setting the app reads: its own, Celery's, then each source's."""
     return (
-        *source_run_settings(source),
-        Setting(f"{prefix}_PATH", project_path("data", bundled), f"the file `{source}` reads"),
-        Setting(
-            f"{prefix}_ENCODING",
-            "utf-8",
-            f"the encoding `{source}` is written in (ASCII-compatible); other rows are rejected",
-        ),
+        *CORE_SETTINGS,
+        *CELERY_SETTINGS,
+        *(setting for settings in source_settings().values() for setting in settings),
     )
 
-
-# The settings that belong to one source each, by source name.
-SOURCE_SETTINGS: dict[str, tuple[Setting, ...]] = {
-    "coingecko_api": (
-        *source_run_settings("coingecko_api", schedule_seconds=300, raw_retention_days=7),
-        Setting("API_SOURCE_URL", COINGECKO_MARKETS_URL, "the `/coins/markets` URL to read"),
-        Setting(
-            "API_KEY",
-            "",
-            "CoinGecko key, sent only in a header; empty: the keyless public API",
-            secret=True,
-        ),
-        Setting("API_KEY_HEADER", "", "the key's header name; empty: chosen from the host"),
-        Setting(
-            "API_MAX_PAGES", 4, "pages fetched per run (it stops at a short page)", whole_number
-        ),
-        Setting("API_PER_PAGE", 250, "coins per page", whole_number),
-        Setting("API_TIMEOUT_SECONDS", 10.0, "connect and read timeout per request", number),
-        Setting(
-            "API_CALLS_PER_MINUTE",
-            30.0,
-            "pacing of calls, shared through Redis when there is one",
-            number,
-        ),
-        Setting("API_MAX_ATTEMPTS", 5, "tries per page (at least 1)", at_least(1)),
-        Setting("API_RETRY_BUDGET_SECONDS", 120.0, "seconds all tries of a page may take", number),
-        Setting(
-            "API_BACKOFF_BASE_SECONDS", 1.0, "first wait between tries, doubled each time", number
-        ),
-        Setting("API_BACKOFF_MAX_SECONDS", 30.0, "longest wait between tries", number),
-        Setting(
-            "API_MAX_PAGE_BYTES",
-            20 * 1024 * 1024,
-            "largest page accepted, in bytes; a larger one fails the read without being kept",
-            whole_number,
-        ),
-    ),
-    "csv1": csv_feed_settings("csv1", "CSV1", "source1.csv"),
-    "csv2": csv_feed_settings("csv2", "CSV2", "source2.csv"),
-}
-
-# Every setting the app reads.
-SETTINGS: tuple[Setting, ...] = (
-    *CORE_SETTINGS,
-    *CELERY_SETTINGS,
-    *(setting for settings in SOURCE_SETTINGS.values() for setting in settings),
-)
 
 # Read by docker compose from .env, never by the app; listed so .env.example is checked whole.
 COMPOSE_SETTINGS: tuple[Setting, ...] = (
@@ -418,7 +374,7 @@ def _read(settings: Iterable[Setting], environ: Mapping[str, str]) -> dict[str, 
 
 def load_settings() -> dict[str, Any]:
     """Read every setting from the environment, for the app's config; a bad value stops here."""
-    return {**_read(SETTINGS, os.environ), "MAX_CONTENT_LENGTH": MAX_CONTENT_LENGTH}
+    return {**_read(app_settings(), os.environ), "MAX_CONTENT_LENGTH": MAX_CONTENT_LENGTH}
 
 
 def secret_values(config: Mapping[str, Any]) -> list[str]:
@@ -427,7 +383,7 @@ def secret_values(config: Mapping[str, Any]) -> list[str]:
     A setting is taken from ``config`` when it is there, else from the environment; the Celery
     URLs a test or a caller put in ``config["CELERY"]`` count too.
     """
-    holders = [setting for setting in (*SETTINGS, *COMPOSE_SETTINGS) if setting.holds_secret]
+    holders = [s for s in (*app_settings(), *COMPOSE_SETTINGS) if s.holds_secret]
     values = {**_read(holders, os.environ), **config}
     celery = config.get("CELERY", {})
     secrets = [
@@ -461,7 +417,7 @@ def settings_table() -> str:
     groups = [
         ("The application", CORE_SETTINGS),
         ("Celery, beat and Flower", CELERY_SETTINGS),
-        *((f"Source `{name}`", settings) for name, settings in SOURCE_SETTINGS.items()),
+        *((f"Source `{name}`", settings) for name, settings in source_settings().items()),
         ("docker compose only (read from `.env` by compose, not by the app)", COMPOSE_SETTINGS),
     ]
     lines = []

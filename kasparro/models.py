@@ -74,7 +74,7 @@ class Asset(Base):
     id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     symbol: Mapped[str] = mapped_column(sa.String(50), index=True)
     name: Mapped[str] = mapped_column(sa.String(200), index=True)
-    origin: Mapped[str] = mapped_column(sa.String(16))
+    origin: Mapped[str] = mapped_column(sa.String(32))  # the source that vouched for it, or "seed"
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

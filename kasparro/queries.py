@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from kasparro.etl.sources import SOURCE_NAMES
+from kasparro.etl.sources import SOURCES
 from kasparro.models import EtlRun, RejectedRecord, RunStatus, UnifiedRecord
 
 FILTER_COLUMNS = {
@@ -137,7 +137,7 @@ def source_stats(session: Session) -> dict[str, dict[str, Any]]:
         where=EtlRun.status.in_((RunStatus.SUCCESS, RunStatus.PARTIAL)),
     )
     last_failure = grouped(sa.func.max(EtlRun.finished_at), where=EtlRun.status == RunStatus.FAILED)
-    run_counts: dict[str, dict[str, int]] = {name: {} for name in SOURCE_NAMES}
+    run_counts: dict[str, dict[str, int]] = {name: {} for name in SOURCES}
     for source, status, count in session.execute(
         sa.select(EtlRun.source, EtlRun.status, sa.func.count()).group_by(
             EtlRun.source, EtlRun.status
@@ -158,5 +158,5 @@ def source_stats(session: Session) -> dict[str, dict[str, Any]]:
             "last_failure_at": last_failure.get(name),
             "run_counts": run_counts[name],
         }
-        for name in SOURCE_NAMES
+        for name in SOURCES
     }

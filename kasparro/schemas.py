@@ -4,13 +4,14 @@ from datetime import UTC
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from kasparro.etl.sources import SOURCE_NAMES
-from kasparro.etl.sources.coingecko import METRIC_FIELDS
+from kasparro.etl.sources import SOURCES
 from kasparro.models import RUN_TRIGGERS, RunStatus
 
 RUN_STATUSES = [status.value for status in RunStatus]
 
-METRICS = tuple(metric for metric, _ in METRIC_FIELDS)
+# What the filters accept follows from what the sources declare.
+SOURCE_NAMES = tuple(SOURCES)
+METRICS = tuple(dict.fromkeys(metric for source in SOURCES.values() for metric in source.metrics))
 MAX_PAGE_SIZE = 100
 MAX_PAGE = 1_000_000
 # Documents the header that answers 429 (Too Many Requests) carry.
@@ -131,6 +132,11 @@ class DataPageSchema(Schema):
     meta = fields.Nested(MetaSchema, required=True)
 
 
+def run_count(description: str) -> fields.Integer:
+    """Return a field for one of a run's counts."""
+    return fields.Integer(required=True, metadata={"description": description})
+
+
 class RunSchema(Schema):
     """One run of one source."""
 
@@ -142,12 +148,12 @@ class RunSchema(Schema):
     started_at = fields.DateTime(required=True)
     finished_at = fields.DateTime(allow_none=True)
     duration_ms = fields.Integer(allow_none=True)
-    rows_read = fields.Integer(required=True)
-    inserted = fields.Integer(required=True)
-    updated = fields.Integer(required=True)
-    unchanged = fields.Integer(required=True)
-    rejected = fields.Integer(required=True)
-    unresolved = fields.Integer(required=True)
+    rows_read = run_count("records read from the source into its raw table")
+    inserted = run_count("observations added to the unified table")
+    updated = run_count("observations whose value changed")
+    unchanged = run_count("records and observations already stored as they are")
+    rejected = run_count("records rejected, each with its reason in the rejected records")
+    unresolved = run_count("observations whose coin matched no canonical asset")
     checkpoint_before = fields.Dict(allow_none=True)
     checkpoint_after = fields.Dict(allow_none=True)
     error = fields.String(allow_none=True)

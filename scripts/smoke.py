@@ -30,16 +30,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import processes  # noqa: E402
 from tests.coingecko_imitation import CoinGeckoImitation, make_coins  # noqa: E402
-from tests.processes import (  # noqa: E402
-    ENTRYPOINT,
-    ManagedProcess,
-    answers,
-    eventually,
-    free_port,
-    venv_path_env,
-    worker_ready,
-)
 
 PG_SERVER = "postgres@127.0.0.1:5432"  # trust auth on loopback
 REDIS_URL = "redis://127.0.0.1:6379/14"  # reserved for the smoke run
@@ -104,9 +96,9 @@ class Stack:
         self.database = f"kasparro_smoke_{os.getpid()}_{suffix}"
         self.queue = f"kasparro-smoke-{suffix}"
         self.token = secrets.token_hex(16)
-        self.base_url = f"http://127.0.0.1:{free_port()}"
+        self.base_url = f"http://127.0.0.1:{processes.free_port()}"
         self.imitation = CoinGeckoImitation(make_coins(COINS))
-        self.processes: list[tuple[str, ManagedProcess]] = []
+        self.processes: list[tuple[str, processes.ManagedProcess]] = []
         self.cleanup = ExitStack()  # undoes what open() and start() did, last first
 
     def env(self) -> dict[str, str]:
@@ -150,17 +142,19 @@ class Stack:
         for name in ("source1.csv", "source2.csv"):
             shutil.copy(ROOT / "data" / name, self.workdir / name)
 
-    def start(self, role: str, ready: Callable[[str], bool]) -> ManagedProcess:
+    def start(self, role: str, ready: Callable[[str], bool]) -> processes.ManagedProcess:
         """Start an entrypoint role in its own process group and wait until it is ready."""
         number = sum(1 for started, _ in self.processes if started == role) + 1
         log_path = self.workdir / f"{role}-{number}.log"
-        process = ManagedProcess([ENTRYPOINT, role], venv_path_env(self.env()), log_path, ready)
+        process = processes.ManagedProcess(
+            [processes.ENTRYPOINT, role], processes.venv_path_env(self.env()), log_path, ready
+        )
         # Registered before start(), so that it is stopped whatever happens.
         self.processes.append((role, process))
         self.cleanup.callback(process.stop)
         return process.start(timeout=90)
 
-    def latest(self, role: str) -> ManagedProcess:
+    def latest(self, role: str) -> processes.ManagedProcess:
         """Return the most recently started process of ``role``."""
         return [process for started, process in self.processes if started == role][-1]
 
@@ -184,7 +178,7 @@ class Stack:
             run = self.get(f"/runs/{run_id}").json()
             return run if run["status"] != "RUNNING" else None
 
-        return eventually(finished, timeout, f"run {run_id} to finish", interval=0.5)
+        return processes.eventually(finished, timeout, f"run {run_id} to finish", interval=0.5)
 
     def sql(self, query: str) -> list[tuple]:
         """Return the rows of a query on the smoke database."""
@@ -239,9 +233,9 @@ def first_line(exc: BaseException) -> str:
 def start_stack(stack: Stack, report: Report) -> None:
     """Create the database, start the imitation, the api (which migrates), a worker and beat."""
     stack.open()
-    stack.start("api", lambda log: answers(f"{stack.base_url}/health"))
+    stack.start("api", lambda log: processes.answers(f"{stack.base_url}/health"))
     report.check("api role serves /health", True, stack.base_url)
-    stack.start("worker", worker_ready)
+    stack.start("worker", processes.worker_ready)
     report.check("worker role ready", True, role="worker")
     stack.start("beat", lambda log: "beat: Starting" in log)
     report.check("beat role started", True, role="beat")
@@ -324,7 +318,9 @@ def kill_worker_mid_run(stack: Stack, report: Report) -> None:
     if not runs:
         raise RuntimeError("no run was queued")
     run_id = runs[0]["run_id"]
-    eventually(lambda: len(imitation.page_requests()) - served_before >= 3, 30, "3 pages served")
+    processes.eventually(
+        lambda: len(imitation.page_requests()) - served_before >= 3, 30, "3 pages served"
+    )
     stack.latest("worker").kill()
     served = len(imitation.page_requests()) - served_before
     status = stack.get(f"/runs/{run_id}").json()["status"]
@@ -336,7 +332,7 @@ def kill_worker_mid_run(stack: Stack, report: Report) -> None:
     )
     imitation.delay_seconds = 0
     started = time.monotonic()
-    stack.start("worker", worker_ready)
+    stack.start("worker", processes.worker_ready)
     run = stack.wait_for_run(run_id, timeout=90)
     report.check(
         "new worker completes the run",

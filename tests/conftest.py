@@ -19,7 +19,10 @@ from flask_migrate import upgrade
 
 from kasparro import create_app
 from kasparro.etl.pipeline import run_source
+from kasparro.etl.sources import SOURCES
+from kasparro.etl.sources.csv_feed import CsvSource
 from kasparro.extensions import db
+from kasparro.models import Base
 from tests.coingecko_imitation import CoinGeckoImitation
 from tests.processes import ManagedProcess, worker_argv, worker_ready
 
@@ -32,17 +35,8 @@ FAST_UPSTREAM = {
     "API_BACKOFF_BASE_SECONDS": 0.01,
     "API_BACKOFF_MAX_SECONDS": 0.05,
 }
-TABLES = (
-    "unified_records",
-    "rejected_records",
-    "checkpoints",
-    "raw_api_records",
-    "raw_csv_records",
-    "raw_csv2_records",
-    "csv_generations",
-    "assets",
-    "etl_runs",
-)
+# Every table, dependants first: the models (each source's raw table among them) say which.
+TABLES = tuple(table.name for table in reversed(Base.metadata.sorted_tables))
 
 
 def migrate(url: str) -> None:
@@ -136,9 +130,10 @@ def coingecko():
 def csv_paths(tmp_path):
     """Copy the bundled CSV feeds where a test may append to or replace them."""
     paths = {}
-    for setting, name in (("CSV1_PATH", "source1.csv"), ("CSV2_PATH", "source2.csv")):
-        paths[setting] = tmp_path / name
-        shutil.copy(DATA_DIR / name, paths[setting])
+    for source in SOURCES.values():
+        if issubclass(source, CsvSource):
+            paths[source.path_setting] = tmp_path / source.bundled_file
+            shutil.copy(DATA_DIR / source.bundled_file, paths[source.path_setting])
     return paths
 
 
@@ -236,7 +231,7 @@ def broker_env(redis_url, coingecko, csv_paths, postgres_url):
 
 
 @pytest.fixture
-def broker_app(broker_env):
+def broker_app(broker_env, csv_paths):
     """Yield an app on PostgreSQL that queues its tasks on Redis instead of running them."""
     env = broker_env
     application = create_app(
@@ -245,8 +240,7 @@ def broker_app(broker_env):
             "API_SOURCE_URL": env["API_SOURCE_URL"],
             "API_KEY": env["API_KEY"],
             "ETL_ADMIN_TOKEN": env["ETL_ADMIN_TOKEN"],
-            "CSV1_PATH": env["CSV1_PATH"],
-            "CSV2_PATH": env["CSV2_PATH"],
+            **{setting: env[setting] for setting in csv_paths},
             "REDIS_URL": env["CELERY_BROKER_URL"],
             **FAST_UPSTREAM,
             "CELERY": {

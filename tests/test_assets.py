@@ -66,7 +66,7 @@ def test_coingecko_data_refreshes_seed_assets(app, run_etl):
     run_etl("csv1", "coingecko_api")
 
     bitcoin = db.session.get(Asset, "bitcoin")
-    assert (bitcoin.origin, bitcoin.symbol, bitcoin.name) == ("coingecko", "btc", "Bitcoin")
+    assert (bitcoin.origin, bitcoin.symbol, bitcoin.name) == ("coingecko_api", "btc", "Bitcoin")
 
 
 @pytest.mark.parametrize(

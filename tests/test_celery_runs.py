@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import celeryconfig
 from kasparro.etl.pipeline import extract, run_source, transform_and_upsert
 from kasparro.etl.runs import RunAbandoned, SourceBusy, fail_run, start_run
-from kasparro.etl.sources import SOURCE_NAMES
+from kasparro.etl.sources import SOURCES
 from kasparro.extensions import db
 from kasparro.models import EtlRun, RawApiRecord, UnifiedRecord
 from tests.coingecko_imitation import make_coins
@@ -217,7 +217,7 @@ def test_without_a_broker_runs_are_executed_eagerly(app, client):
     assert response.status_code == 202
     body = response.get_json()
     assert body["mode"] == "eager"
-    assert [run["source"] for run in body["runs"]] == list(SOURCE_NAMES)
+    assert [run["source"] for run in body["runs"]] == list(SOURCES)
     runs = {run.source: run for run in db.session.scalars(sa.select(EtlRun))}
     assert {source: run.status for source, run in runs.items()} == {
         "coingecko_api": "SUCCESS",

@@ -50,7 +50,7 @@ def test_a_hostile_coin_is_rejected_and_never_blocks_the_source(
     assert reason in db.session.scalar(sa.select(RejectedRecord.reason))
     loaded = db.session.scalars(sa.select(UnifiedRecord.external_id).distinct()).all()
     assert sorted(loaded) == ["bitcoin", "ripple", "solana", "tether"]
-    vouched = db.session.scalars(sa.select(Asset.id).where(Asset.origin == "coingecko")).all()
+    vouched = db.session.scalars(sa.select(Asset.id).where(Asset.origin == "coingecko_api")).all()
     assert sorted(vouched) == ["bitcoin", "ripple", "solana", "tether"]  # not the rejected coin
     coingecko.move_price("bitcoin", 90000.5)
     second = run_etl(SOURCE)[SOURCE]
@@ -128,6 +128,6 @@ def test_a_symbol_that_grows_when_lower_cased_vouches_for_no_asset(app, coingeck
     run = run_etl(SOURCE)[SOURCE]
 
     assert (run.status, run.inserted) == ("SUCCESS", 15)
-    vouched = db.session.scalars(sa.select(Asset.id).where(Asset.origin == "coingecko")).all()
+    vouched = db.session.scalars(sa.select(Asset.id).where(Asset.origin == "coingecko_api")).all()
     assert sorted(vouched) == ["bitcoin", "ripple", "solana", "tether"]
     assert max(len(s) for s in db.session.scalars(sa.select(Asset.symbol))) <= 50

@@ -62,7 +62,7 @@ def _only(candidates: set[str]) -> str | None:
 
 
 def upsert_assets(session: Session, assets: Iterable[KnownAsset], origin: str) -> None:
-    """Insert or refresh assets in one statement; seed rows never overwrite CoinGecko's."""
+    """Insert or refresh assets in one statement; seed rows never overwrite a source's."""
     rows = {
         a.id: {
             "id": a.id,

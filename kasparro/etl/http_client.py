@@ -27,8 +27,8 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from kasparro.etl.errors import SourceError
 from kasparro.etl.ratelimit import CallPacer
-from kasparro.etl.sources.base import SourceError
 
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds

@@ -155,7 +155,7 @@ def _transform_batch(
         accepted.append((raw, observations))
     # Only a record that loads vouches for a coin's identity.
     known = [asset for raw, _ in accepted for asset in source.known_assets(raw, report)]
-    upsert_assets(session, known, origin="coingecko")
+    upsert_assets(session, known, origin=source.name)
     for asset in known:
         resolver.add(asset.id, asset.symbol, asset.name)
     unified: list[dict[str, Any]] = []

@@ -37,6 +37,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from kasparro.config import raw_retention_setting
 from kasparro.db_types import utcnow
 from kasparro.etl.sources import SOURCES
 from kasparro.models import Checkpoint, UnifiedRecord
@@ -44,11 +45,6 @@ from kasparro.models import Checkpoint, UnifiedRecord
 log = structlog.get_logger(__name__)
 LOCK_TIMEOUT = "500ms"
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout that fired
-
-
-def raw_age_setting(source: str) -> str:
-    """Return the name of the setting that holds ``source``'s raw retention age in days."""
-    return f"RETENTION_RAW_DAYS_{source.upper()}"
 
 
 @dataclass
@@ -166,7 +162,7 @@ def apply_retention(
     report = RetentionReport()
     plans = []
     for source, source_class in SOURCES.items():
-        days = settings.get(raw_age_setting(source), 0)
+        days = settings.get(raw_retention_setting(source), 0)
         if days > 0:  # 0 (or a negative age) keeps the source's raw rows forever
             cutoff = now - timedelta(days=days)
             table = source_class.raw_model.__tablename__

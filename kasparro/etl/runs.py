@@ -51,16 +51,9 @@ def start_run(
     """
     get_source(source, {})  # an unknown source fails here, before a run is recorded
     _close_abandoned_run(session, source, settings["ETL_STALE_AFTER_SECONDS"])
-    now = utcnow()
-    run = EtlRun(
-        source=source,
-        status=RunStatus.RUNNING,
-        trigger=trigger,
-        task_id=task_id,
-        started_at=now,
-        heartbeat_at=now,
-        checkpoint_before=_cursor(session, source),
-    )
+    run = _new_run(source, RunStatus.RUNNING, trigger, task_id)
+    run.heartbeat_at = run.started_at
+    run.checkpoint_before = _cursor(session, source)
     session.add(run)
     try:
         session.commit()
@@ -157,6 +150,12 @@ def describe_error(exc: BaseException) -> str:
     return text[:ERROR_TEXT_LIMIT]
 
 
+def _new_run(source: str, status: RunStatus, trigger: str, task_id: str | None) -> EtlRun:
+    return EtlRun(
+        source=source, status=status, trigger=trigger, task_id=task_id, started_at=utcnow()
+    )
+
+
 def _cursor(session: Session, source: str) -> dict | None:
     checkpoint = session.get(Checkpoint, source)
     return checkpoint.cursor if checkpoint else None
@@ -193,17 +192,10 @@ def _close_abandoned_run(session: Session, source: str, stale_after_seconds: int
 def _record_skipped(session: Session, source: str, trigger: str, task_id: str | None) -> SourceBusy:
     running = _running_run(session, source)
     running_id = running.id if running else 0  # 0: it finished between our insert and now
-    now = utcnow()
-    skipped = EtlRun(
-        source=source,
-        status=RunStatus.SKIPPED,
-        trigger=trigger,
-        task_id=task_id,
-        started_at=now,
-        finished_at=now,
-        duration_ms=0,
-        error=f"{source} is already running as run {running_id}",
-    )
+    skipped = _new_run(source, RunStatus.SKIPPED, trigger, task_id)
+    skipped.finished_at = skipped.started_at
+    skipped.duration_ms = 0
+    skipped.error = f"{source} is already running as run {running_id}"
     session.add(skipped)
     session.commit()
     log.info("etl.run.skipped", run_id=skipped.id, source=source, running_run_id=running_id)

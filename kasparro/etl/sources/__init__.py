@@ -1,18 +1,10 @@
-"""The registry of sources: adding a source means one module and one line here."""
+"""The registry of sources: a source is one module, imported here, whose class registers itself."""
 
 from typing import Any
 
-from kasparro.etl.sources.base import Source, SourceError
-from kasparro.etl.sources.coingecko import CoinGeckoSource
-from kasparro.etl.sources.csv_markets import CsvMarketsSource
-from kasparro.etl.sources.csv_prices import CsvPricesSource
-
-SOURCES: dict[str, type[Source]] = {
-    CoinGeckoSource.name: CoinGeckoSource,
-    CsvPricesSource.name: CsvPricesSource,
-    CsvMarketsSource.name: CsvMarketsSource,
-}
-SOURCE_NAMES = tuple(SOURCES)
+from kasparro.etl.errors import SourceError
+from kasparro.etl.sources import coingecko, csv_markets, csv_prices  # noqa: F401  (they register)
+from kasparro.etl.sources.base import SOURCES, Source
 
 
 def get_source(name: str, settings: dict[str, Any]) -> Source:
@@ -20,4 +12,5 @@ def get_source(name: str, settings: dict[str, Any]) -> Source:
     try:
         return SOURCES[name](settings)
     except KeyError:
-        raise SourceError(f"unknown source {name!r}; known: {', '.join(SOURCE_NAMES)}") from None
+        known = ", ".join(SOURCES)
+        raise SourceError(f"unknown source {name!r}; known: {known}") from None

@@ -9,12 +9,12 @@ from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
+from kasparro.config import Setting, source_run_settings
 from kasparro.etl.drift import FieldMap
 from kasparro.models import Checkpoint, RawRecordMixin
 
-
-class SourceError(RuntimeError):
-    """The source as a whole cannot be read (unreachable, unreadable, wrong layout)."""
+# Every source, by name (kasparro.etl.sources imports the modules that define them).
+SOURCES: dict[str, type["Source"]] = {}
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,45 @@ class RawRow:
 
 
 class Source(ABC):
-    """A feed: read records into its raw table, then turn raw records into observations."""
+    """A feed: read records into its raw table, then turn raw records into observations.
+
+    A subclass that names itself is a source: defining it registers it, and the rest of the
+    product (the schedule, retention, settings, the API's filters) follows from what it declares.
+    """
 
     name: ClassVar[str]
-    raw_model: ClassVar[type[RawRecordMixin]]
+    raw_model: ClassVar[type[RawRecordMixin]]  # its raw table
+    metrics: ClassVar[tuple[str, ...]]  # the metrics its observations carry
+    schedule_seconds: ClassVar[int] = 600  # default of SCHEDULE_<NAME>_SECONDS
+    raw_retention_days: ClassVar[int] = 0  # default of RETENTION_RAW_DAYS_<NAME>; 0 keeps all
+    own_settings: ClassVar[tuple[Setting, ...]] = ()  # the settings only this source reads
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return  # a shared base, such as CsvSource
+        if cls.name in SOURCES and SOURCES[cls.name].__qualname__ != cls.__qualname__:
+            raise ValueError(f"two sources are called {cls.name!r}")
+        SOURCES[cls.name] = cls
+        # In name order, whatever order their modules load in.
+        ordered = sorted(SOURCES.items())
+        SOURCES.clear()
+        SOURCES.update(ordered)
 
     def __init__(self, settings: dict[str, Any]):
         self.settings = settings
+
+    @classmethod
+    def declared_settings(cls) -> tuple[Setting, ...]:
+        """Return every setting this source reads: its schedule and retention, then its own."""
+        return (
+            *source_run_settings(
+                cls.name,
+                schedule_seconds=cls.schedule_seconds,
+                raw_retention_days=cls.raw_retention_days,
+            ),
+            *cls.own_settings,
+        )
 
     @abstractmethod
     def read(self, session: Session, checkpoint: Checkpoint | None) -> Iterator[RawRow]:

@@ -9,7 +9,9 @@ from urllib.parse import urlsplit
 import requests
 from sqlalchemy.orm import Session
 
+from kasparro.config import Setting, at_least, number, whole_number
 from kasparro.etl.drift import FieldMap, match_fields
+from kasparro.etl.errors import SourceError
 from kasparro.etl.http_client import JsonClient, RetryPolicy
 from kasparro.etl.parsing import InvalidValue, check_text, parse_amount, parse_timestamp
 from kasparro.etl.ratelimit import pacer_for
@@ -19,7 +21,6 @@ from kasparro.etl.sources.base import (
     RawRow,
     ReadReport,
     Source,
-    SourceError,
 )
 from kasparro.models import Asset, Checkpoint, RawApiRecord
 
@@ -42,6 +43,7 @@ KNOWN_FIELDS = (
     "price_change_percentage_1y_in_currency",
 )  # fmt: skip
 USER_AGENT = "kasparro/0.1 (+market-data pipeline)"
+COINGECKO_MARKETS_URL = "https://api.coingecko.com/api/v3/coins/markets"
 
 
 def key_header_for(url: str) -> str:
@@ -70,6 +72,42 @@ class CoinGeckoSource(Source):
 
     name = "coingecko_api"
     raw_model = RawApiRecord
+    metrics = tuple(metric for metric, _ in METRIC_FIELDS)
+    schedule_seconds = 300
+    raw_retention_days = 7  # its payloads are big and come every run
+    own_settings = (
+        Setting("API_SOURCE_URL", COINGECKO_MARKETS_URL, "the `/coins/markets` URL to read"),
+        Setting(
+            "API_KEY",
+            "",
+            "CoinGecko key, sent only in a header; empty: the keyless public API",
+            secret=True,
+        ),
+        Setting("API_KEY_HEADER", "", "the key's header name; empty: chosen from the host"),
+        Setting(
+            "API_MAX_PAGES", 4, "pages fetched per run (it stops at a short page)", whole_number
+        ),
+        Setting("API_PER_PAGE", 250, "coins per page", whole_number),
+        Setting("API_TIMEOUT_SECONDS", 10.0, "connect and read timeout per request", number),
+        Setting(
+            "API_CALLS_PER_MINUTE",
+            30.0,
+            "pacing of calls, shared through Redis when there is one",
+            number,
+        ),
+        Setting("API_MAX_ATTEMPTS", 5, "tries per page (at least 1)", at_least(1)),
+        Setting("API_RETRY_BUDGET_SECONDS", 120.0, "seconds all tries of a page may take", number),
+        Setting(
+            "API_BACKOFF_BASE_SECONDS", 1.0, "first wait between tries, doubled each time", number
+        ),
+        Setting("API_BACKOFF_MAX_SECONDS", 30.0, "longest wait between tries", number),
+        Setting(
+            "API_MAX_PAGE_BYTES",
+            20 * 1024 * 1024,
+            "largest page accepted, in bytes; a larger one fails the read without being kept",
+            whole_number,
+        ),
+    )
 
     def __init__(self, settings: dict[str, Any]):
         super().__init__(settings)

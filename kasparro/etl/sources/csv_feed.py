@@ -23,15 +23,16 @@ from typing import Any, BinaryIO, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from kasparro.config import Setting, project_path
 from kasparro.etl.drift import FieldMap, match_fields
-from kasparro.etl.parsing import InvalidValue, check_text
+from kasparro.etl.errors import SourceError
+from kasparro.etl.parsing import InvalidValue, check_text, parse_amount, parse_timestamp
 from kasparro.etl.sources.base import (
     Observation,
     Pending,
     RawRow,
     ReadReport,
     Source,
-    SourceError,
 )
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecordMixin
 
@@ -146,6 +147,15 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class CoinNames:
+    """What a CSV row says of its coin, for identity resolution."""
+
+    name: str | None = None
+    symbol: str | None = None
+    asset_hint: str | None = None  # the coin's canonical id, when the feed uses it
+
+
+@dataclass(frozen=True)
 class Record:
     """One record framed from the file: where it is and its bytes (a prefix, if truncated)."""
 
@@ -169,9 +179,36 @@ class CsvSource(Source):
     already known into no-ops while a corrected row's value wins.
     """
 
+    # The header it expects, in order: the record's id, the coin's name, the value and its time.
+    columns: ClassVar[tuple[str, str, str, str]]
+    metric: ClassVar[str]  # the one metric each row observes
+    currency: ClassVar[str] = "USD"
+    # Its settings are named from this: CSV1 reads CSV1_PATH in CSV1_ENCODING.
+    setting_prefix: ClassVar[str]
+    bundled_file: ClassVar[str]  # the sample in data/ read when <PREFIX>_PATH is not set
     path_setting: ClassVar[str]
     encoding_setting: ClassVar[str]
-    columns: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any):
+        if "metric" in cls.__dict__:
+            cls.metrics = (cls.metric,)
+        if "setting_prefix" in cls.__dict__:
+            cls.path_setting = f"{cls.setting_prefix}_PATH"
+            cls.encoding_setting = f"{cls.setting_prefix}_ENCODING"
+            cls.own_settings = (
+                Setting(
+                    cls.path_setting,
+                    project_path("data", cls.bundled_file),
+                    f"the file `{cls.name}` reads",
+                ),
+                Setting(
+                    cls.encoding_setting,
+                    "utf-8",
+                    f"the encoding `{cls.name}` is written in (ASCII-compatible); "
+                    "other rows are rejected",
+                ),
+            )
+        super().__init_subclass__(**kwargs)
 
     def __init__(self, settings: dict[str, Any]):
         super().__init__(settings)
@@ -531,10 +568,23 @@ class CsvSource(Source):
         fields = {
             name: (generation.fields.get(record, name) or "").strip() for name in self.columns
         }
-        if not fields[self.columns[0]]:
+        external_id, name, value, timestamp = (fields[column] for column in self.columns)
+        if not external_id:
             raise InvalidValue(f"missing {self.columns[0]}")
-        return self.row_observations(fields)
+        names = self.coin_names(external_id, name)
+        return [
+            Observation(
+                external_id=external_id,
+                metric=self.metric,
+                value=parse_amount(value),
+                timestamp=parse_timestamp(timestamp),
+                name=names.name,
+                symbol=names.symbol,
+                asset_hint=names.asset_hint,
+                currency=self.currency,
+            )
+        ]
 
     @abstractmethod
-    def row_observations(self, fields: dict[str, str]) -> list[Observation]:
-        """Map one well-formed row's fields to observations."""
+    def coin_names(self, external_id: str, name: str) -> CoinNames:
+        """Return what a row's id and name column say of its coin."""

@@ -2,9 +2,7 @@
 
 import re
 
-from kasparro.etl.parsing import parse_amount, parse_timestamp
-from kasparro.etl.sources.base import Observation
-from kasparro.etl.sources.csv_feed import CsvSource
+from kasparro.etl.sources.csv_feed import CoinNames, CsvSource
 from kasparro.models import RawCsv2Record
 
 _NAME_AND_SYMBOL = re.compile(r"^(?P<name>.*?)\s*\((?P<symbol>[A-Za-z0-9.\-]{1,20})\)\s*$")
@@ -23,20 +21,12 @@ class CsvMarketsSource(CsvSource):
 
     name = "csv2"
     raw_model = RawCsv2Record
-    encoding_setting = "CSV2_ENCODING"
-    path_setting = "CSV2_PATH"
-    columns = ("record_id", "full_name", "score", "created_at")
+    setting_prefix = "CSV2"
+    bundled_file = "source2.csv"
+    columns = ("record_id", "full_name", "score", "created_at")  # the score is the market cap
+    metric = "market_cap_usd"
 
-    def row_observations(self, fields: dict[str, str]) -> list[Observation]:
-        """Map ``score`` to ``market_cap_usd`` at ``created_at``, named from ``full_name``."""
-        name, symbol = split_full_name(fields["full_name"])
-        return [
-            Observation(
-                external_id=fields["record_id"],
-                metric="market_cap_usd",
-                value=parse_amount(fields["score"]),
-                timestamp=parse_timestamp(fields["created_at"]),
-                name=name,
-                symbol=symbol,
-            )
-        ]
+    def coin_names(self, external_id: str, name: str) -> CoinNames:
+        """Return the name and symbol ``full_name`` gives; the record id is only the feed's."""
+        name, symbol = split_full_name(name)
+        return CoinNames(name=name, symbol=symbol)

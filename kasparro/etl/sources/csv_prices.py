@@ -1,8 +1,6 @@
 """csv1: a clean price feed, ``id,name,value,timestamp`` with prices in USD."""
 
-from kasparro.etl.parsing import parse_amount, parse_timestamp
-from kasparro.etl.sources.base import Observation
-from kasparro.etl.sources.csv_feed import CsvSource
+from kasparro.etl.sources.csv_feed import CoinNames, CsvSource
 from kasparro.models import RawCsvRecord
 
 
@@ -11,19 +9,11 @@ class CsvPricesSource(CsvSource):
 
     name = "csv1"
     raw_model = RawCsvRecord
-    encoding_setting = "CSV1_ENCODING"
-    path_setting = "CSV1_PATH"
+    setting_prefix = "CSV1"
+    bundled_file = "source1.csv"
     columns = ("id", "name", "value", "timestamp")
+    metric = "price_usd"
 
-    def row_observations(self, fields: dict[str, str]) -> list[Observation]:
-        """Map ``value`` to ``price_usd`` at ``timestamp``."""
-        return [
-            Observation(
-                external_id=fields["id"],
-                metric="price_usd",
-                value=parse_amount(fields["value"]),
-                timestamp=parse_timestamp(fields["timestamp"]),
-                name=fields["name"] or None,
-                asset_hint=fields["id"].lower(),
-            )
-        ]
+    def coin_names(self, external_id: str, name: str) -> CoinNames:
+        """Return the row's name, and its id as the coin's canonical id."""
+        return CoinNames(name=name or None, asset_hint=external_id.lower())
