@@ -4,8 +4,9 @@ Without ``CELERY_BROKER_URL`` (the embedded default) tasks run eagerly in the ca
 so the same code path works on a machine with only Python.
 """
 
-from kasparro.config import load_settings, schedule_setting
+from kasparro.config import load_settings
 from kasparro.etl.sources import SOURCES
+from kasparro.setting import schedule_setting
 
 _settings = load_settings()
 

@@ -7,7 +7,6 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
-from kasparro.config import raw_retention_setting
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
 from kasparro.etl.pipeline import run_source
 from kasparro.etl.retention import apply_retention
@@ -16,6 +15,7 @@ from kasparro.etl.sources import SOURCES
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, RunStatus
 from kasparro.queries import source_health
+from kasparro.setting import raw_retention_setting
 
 
 class EtlGroup(AppGroup):

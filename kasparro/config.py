@@ -1,100 +1,32 @@
-"""Every setting Kasparro reads: declared once here, read from the environment, and checked.
+"""Every setting Kasparro reads: listed here, read from the environment, and checked.
 
-Each ``Setting`` names one environment variable, its default, how its text is read, and what it
-means. ``load_settings()`` reads them all into the app's config; ``celeryconfig`` builds Celery's
-settings from the same values; the README's table and ``.env.example`` are checked against the
-list (``tests/test_settings.py``), and ``settings_table()`` writes that table.
+Each ``Setting`` (``kasparro.setting``) names one environment variable, its default, how its text
+is read, and what it means. The application's and Celery's are declared here, each source's in
+its own module. ``load_settings()`` reads them all into the app's config; ``celeryconfig``
+builds Celery's settings from the same values; the README's table and ``.env.example`` are
+checked against the list (``tests/test_settings.py``), and ``settings_table()`` writes that table.
 """
 
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from kasparro.etl.sources import SOURCES
+from kasparro.setting import (
+    PROJECT_ROOT,
+    Setting,
+    ValueOf,
+    at_least,
+    number,
+    project_path,
+    whole_number,
+)
+
 # Request bodies are small JSON documents; this bound is part of the API, not a setting.
 MAX_CONTENT_LENGTH = 64 * 1024
-
-ValueOf = Callable[[str], Any]
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One environment variable: its default, how its text is read, and what it means."""
-
-    name: str
-    # The value when the variable is unset or blank; a function computes it from other settings
-    # (it gets ``value_of(name)``), and then ``default_text`` says what it is in words.
-    default: Any
-    meaning: str
-    # Turns the variable's text into the value; a ValueError's message says what was expected.
-    parse: Callable[[str], Any] = str
-    secret: bool = False  # the whole value is a secret: it has no default and is never logged
-    secret_parts: Callable[[Any], Iterable[str]] | None = None  # the secrets inside a value
-    key: str = ""  # the app's config key, when it is not the variable's name
-    default_text: str = ""
-
-    def __post_init__(self):
-        if self.secret and self.default != "":
-            raise ValueError(f"{self.name} is a secret: it must have no default")
-        if callable(self.default) and not self.default_text:
-            raise ValueError(f"{self.name}: a computed default needs default_text")
-
-    @property
-    def config_key(self) -> str:
-        """Return the app's config key for this setting."""
-        return self.key or self.name
-
-    @property
-    def holds_secret(self) -> bool:
-        """Return whether a value of this setting is, or may contain, a secret."""
-        return self.secret or self.secret_parts is not None
-
-    def read(self, environ: Mapping[str, str], value_of: ValueOf) -> Any:
-        """Return this setting's value in ``environ``; unset or blank means the default."""
-        raw = environ.get(self.name, "").strip()
-        if not raw:
-            return self.default(value_of) if callable(self.default) else self.default
-        try:
-            return self.parse(raw)
-        except ValueError as exc:
-            # A value that may hold a secret is never repeated in an error.
-            given = "" if self.holds_secret else f", got {raw!r}"
-            raise ValueError(f"{self.name} {exc}{given}") from None
-
-    def secrets_in(self, value: Any) -> list[str]:
-        """Return the secrets ``value`` holds (for the log scrubber)."""
-        if self.secret_parts is not None:
-            return list(self.secret_parts(value or ""))
-        return [value] if self.secret and value else []
-
-
-def whole_number(raw: str) -> int:
-    """Parse a whole number."""
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
-
-
-def number(raw: str) -> float:
-    """Parse a number."""
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError("must be a number") from None
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """Return a parser of whole numbers that raises smaller ones to ``minimum``."""
-
-    def parse(raw: str) -> int:
-        return max(minimum, whole_number(raw))
-
-    return parse
 
 
 def database_url(raw: str) -> str:
@@ -131,11 +63,6 @@ def url_password(url: str) -> list[str]:
 def flower_passwords(users: str) -> list[str]:
     """Return the passwords of FLOWER_BASIC_AUTH's ``user:password`` pairs."""
     return [pair.partition(":")[2] for pair in users.split(",")]
-
-
-def project_path(*parts: str) -> str:
-    """Return the path of a file bundled with the project."""
-    return str(PROJECT_ROOT.joinpath(*parts))
 
 
 def _embedded_database(value_of: ValueOf) -> str:
@@ -307,41 +234,8 @@ CELERY_SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def schedule_setting(source: str) -> str:
-    """Return the setting that holds ``source``'s beat interval."""
-    return f"SCHEDULE_{source.upper()}_SECONDS"
-
-
-def raw_retention_setting(source: str) -> str:
-    """Return the setting that holds ``source``'s raw retention age in days."""
-    return f"RETENTION_RAW_DAYS_{source.upper()}"
-
-
-def source_run_settings(
-    source: str, *, schedule_seconds: int = 600, raw_retention_days: int = 0
-) -> tuple[Setting, Setting]:
-    """Return the settings every source has: its beat interval and its raw rows' retention."""
-    return (
-        Setting(
-            schedule_setting(source),
-            schedule_seconds,
-            f"seconds between two scheduled runs of `{source}`",
-            whole_number,
-        ),
-        Setting(
-            raw_retention_setting(source),
-            raw_retention_days,
-            f"age in days after which `{source}`'s raw rows, once transformed, go; 0 keeps them",
-            whole_number,
-        ),
-    )
-
-
-def source_settings() -> dict[str, tuple["Setting", ...]]:
+def source_settings() -> dict[str, tuple[Setting, ...]]:
     """Return, by source, the settings each source declares (``Source.declared_settings``)."""
-    # Imported here: the sources declare their settings with this module's ``Setting``.
-    from kasparro.etl.sources import SOURCES
-
     return {name: source.declared_settings() for name, source in SOURCES.items()}
 
 

@@ -37,10 +37,10 @@ import structlog
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from kasparro.config import raw_retention_setting
 from kasparro.db_types import utcnow
 from kasparro.etl.sources import SOURCES
 from kasparro.models import Checkpoint, UnifiedRecord
+from kasparro.setting import raw_retention_setting
 
 log = structlog.get_logger(__name__)
 LOCK_TIMEOUT = "500ms"

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
-from kasparro.config import Setting, source_run_settings
 from kasparro.etl.drift import FieldMap
 from kasparro.models import Checkpoint, RawRecordMixin
+from kasparro.setting import Setting, source_run_settings
 
 # Every source, by name (kasparro.etl.sources imports the modules that define them).
 SOURCES: dict[str, type["Source"]] = {}

@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 import requests
 from sqlalchemy.orm import Session
 
-from kasparro.config import Setting, at_least, number, whole_number
 from kasparro.etl.drift import FieldMap, match_fields
 from kasparro.etl.errors import SourceError
 from kasparro.etl.http_client import JsonClient, RetryPolicy
@@ -23,6 +22,7 @@ from kasparro.etl.sources.base import (
     Source,
 )
 from kasparro.models import Asset, Checkpoint, RawApiRecord
+from kasparro.setting import Setting, at_least, number, whole_number
 
 METRIC_FIELDS = (
     ("price_usd", "current_price"),

@@ -23,7 +23,6 @@ from typing import Any, BinaryIO, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from kasparro.config import Setting, project_path
 from kasparro.etl.drift import FieldMap, match_fields
 from kasparro.etl.errors import SourceError
 from kasparro.etl.parsing import InvalidValue, check_text, parse_amount, parse_timestamp
@@ -35,6 +34,7 @@ from kasparro.etl.sources.base import (
     Source,
 )
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecordMixin
+from kasparro.setting import Setting, project_path
 
 MAX_RECORD_LINES = 100  # a quoted field spanning more lines than this is a stray quote
 READ_CHUNK = 64 * 1024  # what an over-long line or a fingerprinted prefix is read in
