@@ -6,7 +6,7 @@ FLASK := $(BIN)/flask --app wsgi
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format services smoke bench up down logs clean
+.PHONY: run test lint format services smoke bench settings-docs up down logs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ smoke: $(VENV)/.dev services
 ## bench: measure ETL throughput and memory, and /data latency over a million rows (PostgreSQL)
 bench: $(VENV)/.dev services
 	$(BIN)/python scripts/bench.py
+
+## settings-docs: write README's settings tables and .env.example from the declarations
+settings-docs: $(VENV)/.runtime
+	$(BIN)/python scripts/settings_docs.py
 
 ## up: build and start the docker compose stack (needs .env with the secrets; see .env.example)
 up:

@@ -22,6 +22,7 @@ from kasparro.setting import (
     at_least,
     number,
     project_path,
+    url_password,
     whole_number,
 )
 
@@ -49,15 +50,6 @@ def database_url(raw: str) -> str:
         ):
             return url.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
     return raw
-
-
-def url_password(url: str) -> list[str]:
-    """Return the password in ``url``, if it has one."""
-    try:
-        password = make_url(url).password if url else None
-    except Exception:  # an unparsable URL fails later with its own clear error
-        password = None
-    return [password] if password else []
 
 
 def flower_passwords(users: str) -> list[str]:
@@ -253,7 +245,32 @@ COMPOSE_SETTINGS: tuple[Setting, ...] = (
     Setting("POSTGRES_PASSWORD", "", "password of the compose stack's PostgreSQL", secret=True),
     Setting("REDIS_PASSWORD", "", "password of the compose stack's Redis", secret=True),
     Setting("API_PORT", 8000, "host port of the compose stack's API", whole_number),
-    Setting("FLOWER_PORT", 5555, "host port of the compose stack's Flower", whole_number),
+)
+
+# Read by docker/entrypoint.sh, which starts each role of the image, never by the app.
+ENTRYPOINT_SETTINGS: tuple[Setting, ...] = (
+    Setting("PORT", 8000, "port gunicorn listens on (`api` role)", whole_number),
+    Setting("WEB_CONCURRENCY", 2, "gunicorn worker processes", whole_number),
+    Setting(
+        "GUNICORN_TIMEOUT", 120, "seconds before gunicorn restarts a silent worker", whole_number
+    ),
+    Setting("WORKER_CONCURRENCY", 2, "Celery worker processes (`worker` role)", whole_number),
+    Setting(
+        "BEAT_SCHEDULE_FILE", "/tmp/celerybeat-schedule", "where beat keeps its last run times"
+    ),
+    Setting(
+        "FLOWER_PORT",
+        5555,
+        "port Flower listens on (`flower` role); in compose, its host port",
+        whole_number,
+    ),
+    Setting("MIGRATE_TRIES", 30, "tries, 2 s apart, to apply migrations at start", whole_number),
+    Setting(
+        "ETL_RUN_ON_START",
+        1,
+        "1: the `api` role queues one ETL pass at start; 0: not",
+        whole_number,
+    ),
 )
 
 
@@ -277,7 +294,7 @@ def secret_values(config: Mapping[str, Any]) -> list[str]:
     A setting is taken from ``config`` when it is there, else from the environment; the Celery
     URLs a test or a caller put in ``config["CELERY"]`` count too.
     """
-    holders = [s for s in (*app_settings(), *COMPOSE_SETTINGS) if s.holds_secret]
+    holders = [s for _, group in setting_groups() for s in group if s.holds_secret]
     values = {**_read(holders, os.environ), **config}
     celery = config.get("CELERY", {})
     secrets = [
@@ -306,17 +323,58 @@ def shown_default(setting: Setting) -> str:
     return f"`{value}`"
 
 
-def settings_table() -> str:
-    """Return the README's tables of settings, in Markdown, one per group."""
-    groups = [
+def setting_groups() -> list[tuple[str, tuple[Setting, ...]]]:
+    """Return every setting, by group, as the README and ``.env.example`` list them."""
+    return [
         ("The application", CORE_SETTINGS),
         ("Celery, beat and Flower", CELERY_SETTINGS),
         *((f"Source `{name}`", settings) for name, settings in source_settings().items()),
+        (
+            "docker/entrypoint.sh (read when a container starts, not by the app)",
+            ENTRYPOINT_SETTINGS,
+        ),
         ("docker compose only (read from `.env` by compose, not by the app)", COMPOSE_SETTINGS),
     ]
+
+
+def settings_table() -> str:
+    """Return the README's tables of settings, in Markdown, one per group."""
     lines = []
-    for title, settings in groups:
+    for title, settings in setting_groups():
         lines += [f"**{title}**", "", "| key | default | meaning |", "|---|---|---|"]
         lines += [f"| `{s.name}` | {shown_default(s)} | {s.meaning} |" for s in settings]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+ENV_EXAMPLE_HEADER = """\
+# Kasparro configuration. Copy to .env (never commit .env) and set what you need.
+# Generated from the settings' declarations by `make settings-docs`: do not edit by hand.
+# Every key is optional for the embedded default; an empty value means the default; secrets
+# have no default anywhere.
+"""
+
+
+def example_value(setting: Setting) -> str:
+    """Return ``setting``'s line value in ``.env.example``: its default, empty for a secret."""
+    value = setting.default
+    if setting.secret or callable(value) or value in ("", None):
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str) and value.startswith(f"{PROJECT_ROOT}{os.sep}"):
+        return Path(value).relative_to(PROJECT_ROOT).as_posix()
+    return str(value)
+
+
+def env_example() -> str:
+    """Return ``.env.example``: every setting by group, its meaning above it."""
+    lines = [ENV_EXAMPLE_HEADER.rstrip("\n")]
+    for title, settings in setting_groups():
+        lines += ["", f"# --- {title.replace('`', '')} ---"]
+        for setting in settings:
+            meaning = setting.meaning.replace("`", "")
+            if setting.default_text:
+                meaning += f" (empty: {setting.default_text.replace('`', '')})"
+            lines += [f"# {meaning}", f"{setting.name}={example_value(setting)}"]
+    return "\n".join(lines) + "\n"

@@ -31,10 +31,10 @@ def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
     cannot be reached; then the run is closed as FAILED, so it holds no lock.
     """
     celery_app: Celery = current_app.extensions["celery"]
+    if celery_app.conf.task_always_eager:  # before the run holds the source's lock
+        celery_app.loader.import_default_modules()
     task_id = uuid()
     run_id = start_run(db.session, source, trigger, current_app.config, task_id)
-    if celery_app.conf.task_always_eager:
-        celery_app.loader.import_default_modules()
     work = chain(
         celery_app.signature(EXTRACT_TASK, args=(run_id,), immutable=True).set(task_id=task_id),
         celery_app.signature(TRANSFORM_TASK),

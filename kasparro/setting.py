@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 ValueOf = Callable[[str], Any]
@@ -88,6 +90,15 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return max(minimum, whole_number(raw))
 
     return parse
+
+
+def url_password(url: str) -> list[str]:
+    """Return the password in ``url``, if it has one."""
+    try:
+        password = make_url(url).password if url else None
+    except Exception:  # an unparsable URL fails later with its own clear error
+        password = None
+    return [password] if password else []
 
 
 def project_path(*parts: str) -> str:

@@ -49,12 +49,16 @@ def _ensure_running(run_id: int) -> None:
 
 
 @shared_task(name=EXTRACT_TASK)
-def extract(run_id: int) -> dict[str, Any]:
-    """Extract the source of run ``run_id`` into its raw table; return the run and its report.
+def extract(*args: Any) -> dict[str, Any]:
+    """Extract a run's source into its raw table; return the run id and the read report.
+
+    The run id is the last argument: a message queued by an earlier version, still waiting in
+    the broker when it was upgraded, also names the source first.
 
     Transient upstream failures are retried inside the extraction, with backoff, jitter and a
     budget (kasparro.etl.http_client); what still fails here fails the run.
     """
+    run_id = args[-1]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
         report = pipeline.extract(db.session, run_id, current_app.config)
@@ -67,7 +71,8 @@ def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
     run_id = extracted["run_id"]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
-        report = ReadReport.from_json(extracted["report"])
+        # An earlier version called the report "context"; its fields were the same.
+        report = ReadReport.from_json(extracted.get("report") or extracted.get("context") or {})
         status = pipeline.transform_and_upsert(db.session, run_id, report, current_app.config)
     return {"run_id": run_id, "status": status}
 
@@ -108,6 +113,6 @@ def record_lost_worker(sender=None, exception=None, args=None, **kwargs) -> None
 
 
 _RUN_ID_OF = {
-    extract.name: lambda args: args[0],
+    extract.name: lambda args: args[-1],
     transform_and_upsert.name: lambda args: args[0]["run_id"],
 }

@@ -7,6 +7,7 @@ nothing else in the repository names it.
 
 from kasparro.etl.sources.csv_feed import CoinNames, CsvSource
 from kasparro.models import Base, RawCsvRecordMixin
+from kasparro.setting import Setting
 
 
 class RawSupplyRecord(RawCsvRecordMixin, Base):
@@ -26,7 +27,12 @@ class CsvSupplySource(CsvSource):
     bundled_file = "supply.csv"
     columns = ("ticker", "project", "coins", "as_of")
     metric = "circulating_supply"
-    currency = "coins"  # a count of coins, not an amount of money
+    own_settings = (Setting("SUPPLY_UNIT", "coins", "what the supply feed counts in"),)
+
+    @property
+    def currency(self) -> str:
+        """Return the unit the feed counts in: coins, not an amount of money."""
+        return self.settings["SUPPLY_UNIT"]
 
     def coin_names(self, external_id: str, name: str) -> CoinNames:
         """Return the ticker as the coin's symbol, and the project's name."""

@@ -52,7 +52,9 @@ seen = {
     "beat": celeryconfig.beat_schedule.get("etl-supply"),
     "settings": {
         key: app.config[key]
-        for key in ("SUPPLY_CSV_PATH", "SCHEDULE_SUPPLY_SECONDS", "RETENTION_RAW_DAYS_SUPPLY")
+        for key in (
+            "SUPPLY_CSV_PATH", "SUPPLY_UNIT", "SCHEDULE_SUPPLY_SECONDS", "RETENTION_RAW_DAYS_SUPPLY"
+        )
     },
     "documented": "`SUPPLY_CSV_ENCODING`" in settings_table(),
     "metric_filter": next(
@@ -90,6 +92,7 @@ def test_a_fourth_source_defined_in_one_module_runs_end_to_end(fresh_database, t
     env |= {
         "DATABASE_URL": fresh_database,
         "SUPPLY_CSV_PATH": str(feed),
+        "SUPPLY_UNIT": "tokens",
         "ETL_ADMIN_TOKEN": ADMIN_TOKEN,
         "LOG_LEVEL": "WARNING",
     }
@@ -107,8 +110,14 @@ def test_a_fourth_source_defined_in_one_module_runs_end_to_end(fresh_database, t
     exit_code, output = seen["run"]
     assert exit_code == 0, output
     assert "supply" in output and "PARTIAL" in output and "rejected=1" in output
-    values = {row["symbol"]: (row["value"], row["asset_id"]) for row in seen["data"]["data"]}
-    assert values == {"BTC": ("19800000", "bitcoin"), "ETH": ("120500000", "ethereum")}
+    values = {
+        row["symbol"]: (row["value"], row["currency"], row["asset_id"])
+        for row in seen["data"]["data"]
+    }
+    assert values == {
+        "BTC": ("19800000", "tokens", "bitcoin"),
+        "ETH": ("120500000", "tokens", "ethereum"),
+    }
     assert seen["again"][0] == 202  # unchanged input: the second run reads nothing new
     assert [run["status"] for run in seen["runs"]["runs"]] == ["SUCCESS", "PARTIAL"]
     assert [s["source"] for s in seen["stats"]["stats"]][-1] == "supply"
@@ -117,6 +126,7 @@ def test_a_fourth_source_defined_in_one_module_runs_end_to_end(fresh_database, t
     assert seen["beat"] == {"task": "etl.scheduled_run", "schedule": 900.0, "args": ["supply"]}
     assert seen["settings"] == {
         "SUPPLY_CSV_PATH": str(feed),
+        "SUPPLY_UNIT": "tokens",
         "SCHEDULE_SUPPLY_SECONDS": 900,
         "RETENTION_RAW_DAYS_SUPPLY": 30,
     }

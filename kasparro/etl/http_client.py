@@ -1,6 +1,6 @@
 """JSON over HTTP, paced, and retried through tenacity within a cap on tries and a time budget.
 
-A 429 or 503 that says when to come back (``Retry-After``, or only ``x-ratelimit-reset``) is
+A 429 that says when to come back (``Retry-After``, or only ``x-ratelimit-reset``) is
 waited out as asked; any other transient failure backs off exponentially, with jitter. Each retry
 is logged with its source, attempt, reason and wait.
 """
@@ -33,7 +33,6 @@ from kasparro.etl.ratelimit import CallPacer
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds
 BODY_CHUNK = 64 * 1024
-SERVER_TIMED_STATUSES = (429, 503)  # the answers whose Retry-After says when to come back
 
 
 class TransientUpstreamError(Exception):
@@ -91,7 +90,7 @@ class RetryPolicy:
 
 
 def server_wait_seconds(headers, now: datetime | None = None) -> float | None:
-    """Return how long a 429 or 503 asks us to wait: ``Retry-After``, else ``x-ratelimit-reset``."""
+    """Return how long a 429 asks us to wait: ``Retry-After``, else ``x-ratelimit-reset``."""
     now = now or datetime.now(UTC)
     retry_after = (headers.get("Retry-After") or "").strip()
     if retry_after:
@@ -172,7 +171,7 @@ class JsonClient:
         status = response.status_code
         if status != 429 and status < 500:
             raise SourceError(f"{where} answered HTTP {status}")
-        asked = server_wait_seconds(response.headers) if status in SERVER_TIMED_STATUSES else None
+        asked = server_wait_seconds(response.headers) if status == 429 else None
         raise TransientUpstreamError(f"HTTP {status}", asked)
 
     def _log_retry(self, retry_state: RetryCallState) -> None:

@@ -57,7 +57,6 @@ class ReadReport:
     """
 
     fields: FieldMap = field(default_factory=FieldMap)  # where each expected field was found
-    generation: int | None = None  # the file generation read (CSV feeds)
     incomplete: str = ""  # why the read stopped before the end; the run is then PARTIAL
     pending: Pending | None = None  # a record left waiting for its end
 
@@ -65,7 +64,6 @@ class ReadReport:
         """Return a JSON-ready form, for the task queue."""
         return {
             "fields": self.fields.to_dict(),
-            "generation": self.generation,
             "incomplete": self.incomplete,
             "pending": asdict(self.pending) if self.pending else None,
         }
@@ -76,7 +74,6 @@ class ReadReport:
         pending = data.get("pending")
         return cls(
             fields=FieldMap.from_dict(data.get("fields")),
-            generation=data.get("generation"),
             incomplete=data.get("incomplete") or "",
             pending=Pending(**pending) if pending else None,
         )
@@ -109,8 +106,9 @@ class Source(ABC):
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             return  # a shared base, such as CsvSource
-        if cls.name in SOURCES and SOURCES[cls.name].__qualname__ != cls.__qualname__:
-            raise ValueError(f"two sources are called {cls.name!r}")
+        known = SOURCES.get(cls.name)
+        if known and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"two sources are called {cls.name!r}")  # a reload is the same one
         SOURCES[cls.name] = cls
         # In name order, whatever order their modules load in.
         ordered = sorted(SOURCES.items())

@@ -22,7 +22,7 @@ from kasparro.etl.sources.base import (
     Source,
 )
 from kasparro.models import Asset, Checkpoint, RawApiRecord
-from kasparro.setting import Setting, at_least, number, whole_number
+from kasparro.setting import Setting, at_least, number, url_password, whole_number
 
 METRIC_FIELDS = (
     ("price_usd", "current_price"),
@@ -76,7 +76,12 @@ class CoinGeckoSource(Source):
     schedule_seconds = 300
     raw_retention_days = 7  # its payloads are big and come every run
     own_settings = (
-        Setting("API_SOURCE_URL", COINGECKO_MARKETS_URL, "the `/coins/markets` URL to read"),
+        Setting(
+            "API_SOURCE_URL",
+            COINGECKO_MARKETS_URL,
+            "the `/coins/markets` URL to read",
+            secret_parts=url_password,  # a proxy's URL may carry a password
+        ),
         Setting(
             "API_KEY",
             "",

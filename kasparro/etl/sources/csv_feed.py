@@ -207,6 +207,7 @@ class CsvSource(Source):
                     f"the encoding `{cls.name}` is written in (ASCII-compatible); "
                     "other rows are rejected",
                 ),
+                *cls.__dict__.get("own_settings", ()),  # and whatever else the feed reads
             )
         super().__init_subclass__(**kwargs)
 
@@ -214,7 +215,6 @@ class CsvSource(Source):
         super().__init__(settings)
         self._fields = FieldMap()
         self._pending: Pending | None = None
-        self._generation: int | None = None
         self._generations: dict[int, Generation] = {}
         self._settled_size: int | None = None
 
@@ -263,18 +263,17 @@ class CsvSource(Source):
                 handle.seek(len(header_line))
             else:
                 number, line = place
-                self._generation = number
                 self._finish_last_line(handle, prefix)
             for record in self._records(handle, prefix, line):
                 if number is None:  # numbered only once there is a record to keep
-                    number = self._generation = self._new_generation(
+                    number = self._new_generation(
                         session, resume, Generation(header, header_hash, self._fields, encoding)
                     )
                 yield self._raw_row(record, number, encoding)
 
     def report(self) -> ReadReport:
-        """Return the field map and generation of the read that just ended, and what waits."""
-        return ReadReport(fields=self._fields, generation=self._generation, pending=self._pending)
+        """Return the field map of the read that just ended, and what is left waiting."""
+        return ReadReport(fields=self._fields, pending=self._pending)
 
     def _header(self, line: bytes, encoding: str) -> list[str]:
         codec = "utf-8-sig" if encoding == "utf-8" else encoding
