@@ -51,10 +51,21 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
-    """Bind the database, migrations, the OpenAPI object and CORS; configure request limits."""
-    from kasparro.extensions import api, db, migrate
+    """Bind the database, migrations, the response cache, the OpenAPI object and CORS; limits."""
+    from kasparro.extensions import api, cache, db, migrate
 
     db.init_app(app)
+    entries = app.config["RESPONSE_CACHE_ENTRIES"]
+    # In each process's memory: a hit costs no network, and entries are keyed by data version.
+    cache.init_app(
+        app,
+        config={
+            "CACHE_TYPE": "SimpleCache" if entries > 0 else "NullCache",
+            "CACHE_THRESHOLD": entries,
+            "CACHE_DEFAULT_TIMEOUT": 0,
+            "CACHE_NO_NULL_WARNING": True,  # off by choice: RESPONSE_CACHE_ENTRIES is 0
+        },
+    )
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     api.init_app(app)
     app.config.update(

@@ -166,6 +166,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "peers trusted as proxies (addresses or networks, `*` for any); gunicorn reads it too",
     ),
     Setting(
+        "RESPONSE_CACHE_ENTRIES",
+        512,
+        "responses each API process keeps until the next ETL commit changes them; 0: none",
+        whole_number,
+    ),
+    Setting(
         "REDIS_URL",
         _redis_broker,
         "shared state: upstream pacing and request limits",

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, current_app
 from flask.json.provider import DefaultJSONProvider
+from flask_caching import Cache
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -52,6 +53,7 @@ class AppJSONParser(FlaskParser):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 api = Api()
+cache = Cache()
 
 
 def _public_rate_limit() -> str:

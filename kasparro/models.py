@@ -208,3 +208,16 @@ class RejectedRecord(Base):
     raw_text: Mapped[str] = mapped_column(sa.Text)
     reason: Mapped[str] = mapped_column(sa.Text)
     rejected_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DataVersion(Base):
+    """A counter per writer (a source's runs, retention), moved by every commit that writes.
+
+    Their sum changes whenever anything the API serves may have: a response computed at one sum
+    stays right until it moves (kasparro.routes.response_cache).
+    """
+
+    __tablename__ = "data_versions"
+
+    scope: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(sa.BigInteger, default=0)

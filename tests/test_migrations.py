@@ -12,6 +12,7 @@ CORE_TABLES = {
     "assets",
     "checkpoints",
     "csv_generations",
+    "data_versions",
     "etl_runs",
     "rejected_records",
     "unified_records",

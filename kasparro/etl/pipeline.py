@@ -22,6 +22,7 @@ from kasparro.etl.parsing import InvalidValue, check_text, storable
 from kasparro.etl.runs import fail_run, finish_run, heartbeat_or_abandon, start_run
 from kasparro.etl.sources import get_source
 from kasparro.etl.sources.base import Observation, ReadReport, Source
+from kasparro.etl.versions import record_change
 from kasparro.models import Checkpoint, EtlRun, RejectedRecord, RunStatus, UnifiedRecord
 
 log = structlog.get_logger(__name__)
@@ -75,6 +76,7 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
         details["pending"] = pending
     if details != (run.details or {}):
         run.details = details
+        record_change(session, run.source)
         session.commit()
 
 

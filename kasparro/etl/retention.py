@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
 from kasparro.etl.sources import SOURCES
+from kasparro.etl.versions import record_change
 from kasparro.models import Checkpoint, UnifiedRecord
 from kasparro.setting import raw_retention_setting
 
@@ -137,6 +138,8 @@ def unified_batches(
             .where(UnifiedRecord.id.in_(oldest))
             .execution_options(synchronize_session=False)
         ).rowcount
+        if deleted:
+            record_change(session, "retention")  # served observations are gone
         session.commit()
         yield deleted
         if deleted < batch_size:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
 from kasparro.etl.sources import get_source
+from kasparro.etl.versions import record_change
 from kasparro.models import Checkpoint, EtlRun, RunStatus
 
 log = structlog.get_logger(__name__)
@@ -56,10 +57,12 @@ def start_run(
     run.checkpoint_before = _cursor(session, source)
     session.add(run)
     try:
-        session.commit()
+        session.flush()  # the unique index refuses a second RUNNING run of the source here
     except IntegrityError:
         session.rollback()
         raise _record_skipped(session, source, trigger, task_id) from None
+    record_change(session, source)
+    session.commit()
     log.info("etl.run.started", run_id=run.id, source=source, trigger=trigger, task_id=task_id)
     return run.id
 
@@ -80,6 +83,7 @@ def heartbeat_or_abandon(session: Session, run: EtlRun) -> None:
     if not held:
         raise RunAbandoned(f"run {run.id} was closed by a later run; this batch is discarded")
     run.heartbeat_at = beat
+    record_change(session, run.source)  # the batch's rows commit with it
 
 
 def finish_run(
@@ -109,6 +113,7 @@ def finish_run(
         )
         .execution_options(synchronize_session=False)
     ).rowcount
+    record_change(session, run.source)
     session.commit()
     if not closed:
         return RunStatus(run.status)
@@ -197,6 +202,7 @@ def _record_skipped(session: Session, source: str, trigger: str, task_id: str | 
     skipped.duration_ms = 0
     skipped.error = f"{source} is already running as run {running_id}"
     session.add(skipped)
+    record_change(session, source)
     session.commit()
     log.info("etl.run.skipped", run_id=skipped.id, source=source, running_run_id=running_id)
     return SourceBusy(source, running_id, skipped.id)

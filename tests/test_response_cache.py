@@ -1,0 +1,139 @@
+"""Answers are kept until an ETL or retention commit may change them, and never served stale."""
+
+from contextlib import contextmanager
+
+import pytest
+import sqlalchemy as sa
+
+from kasparro import create_app
+from kasparro.etl.pipeline import extract
+from kasparro.etl.retention import apply_retention
+from kasparro.etl.runs import fail_run, start_run
+from kasparro.extensions import db
+from tests.csv_files import write
+
+APPENDED = "solana,Solana,122.1,2025-12-28T00:00:00Z\ncardano,Cardano,0.36,2025-12-28T00:00:00Z\n"
+CACHED = ["/data?page_size=5", "/data?source=csv1&metric=price_usd&page_size=3", "/stats"]
+
+
+@contextmanager
+def statements():
+    """Collect the SQL statements the app's engine runs meanwhile."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+
+
+def body(client, url: str) -> dict:
+    """Return the JSON body of a GET, without its per-request "meta"."""
+    response = client.get(url)
+    assert response.status_code == 200, response.get_json()
+    return {key: value for key, value in response.get_json().items() if key != "meta"}
+
+
+@pytest.mark.parametrize("url", CACHED)
+def test_a_repeated_request_reads_only_the_data_version(client, run_etl, url):
+    run_etl("csv1", "csv2")
+    first = body(client, url)
+
+    with statements() as seen:
+        again = body(client, url)
+
+    assert again == first
+    assert len(seen) == 1 and "data_versions" in seen[0]
+
+
+def test_each_answer_keeps_its_own_request_id(client, run_etl):
+    run_etl("csv1")
+    answers = [client.get(CACHED[0], headers={"X-Request-ID": f"r-{n}"}) for n in range(3)]
+    ids = {answer.get_json()["meta"]["request_id"] for answer in answers}
+
+    assert ids == {"r-0", "r-1", "r-2"}
+
+
+@pytest.mark.parametrize("url", CACHED)
+def test_a_run_that_loads_rows_makes_the_next_answer_fresh(client, run_etl, csv_paths, url):
+    run_etl("csv1")
+    before = body(client, url)
+    write(csv_paths["CSV1_PATH"], APPENDED, mode="a")
+
+    run_etl("csv1")
+    after = body(client, url)
+
+    assert after != before
+    if url.startswith("/data"):
+        assert after["pagination"]["total"] == before["pagination"]["total"] + 2
+    else:
+        assert after["total_records"] == before["total_records"] + 2
+
+
+def test_a_run_that_changes_nothing_still_refreshes_the_run_history(client, run_etl):
+    run_etl("csv1")
+    before = body(client, "/stats")
+
+    run_etl("csv1")
+
+    assert body(client, "/stats")["sources"]["csv1"]["run_counts"] == {"SUCCESS": 2}
+    assert before["sources"]["csv1"]["run_counts"] == {"SUCCESS": 1}
+
+
+def test_a_retention_pass_that_deletes_observations_makes_the_next_page_fresh(app, client, run_etl):
+    run_etl("csv1")  # its observations are of December 2025: past a week's age
+    before = body(client, CACHED[0])["pagination"]["total"]
+
+    apply_retention(db.session, {**app.config, "RETENTION_UNIFIED_DAYS": 7})
+
+    assert before > 0
+    assert body(client, CACHED[0])["pagination"]["total"] == 0
+
+
+def test_another_process_sees_a_commit_made_elsewhere(settings, client, run_etl, csv_paths):
+    run_etl("csv1")
+    before = body(client, CACHED[0])
+    write(csv_paths["CSV1_PATH"], APPENDED, mode="a")
+    other = create_app(dict(settings))  # another gunicorn worker, say, with a cache of its own
+    with other.app_context():
+        other.test_cli_runner().invoke(args=["etl", "run", "--source", "csv1"])
+        db.session.remove()
+        db.engine.dispose()
+
+    assert body(client, CACHED[0])["pagination"]["total"] == before["pagination"]["total"] + 2
+
+
+def test_no_answer_is_kept_when_the_cache_is_off(settings, run_etl):
+    application = create_app({**settings, "RESPONSE_CACHE_ENTRIES": 0})
+    with application.app_context():
+        run_etl("csv1")
+        client = application.test_client()
+        body(client, CACHED[0])
+        with statements() as seen:
+            body(client, CACHED[0])
+        db.session.remove()
+        db.engine.dispose()
+
+    assert any("unified_records" in statement for statement in seen)
+
+
+def test_each_committed_batch_of_a_run_in_progress_is_seen(app, client):
+    run_id = start_run(db.session, "csv1", "cli", app.config)
+    assert body(client, "/stats")["sources"]["csv1"]["records_processed"] == 0
+
+    extract(db.session, run_id, app.config)  # raw rows, committed batch by batch
+
+    assert body(client, "/stats")["sources"]["csv1"]["records_processed"] == 14
+
+
+def test_a_run_closed_without_a_batch_is_seen(app, client):
+    run_id = start_run(db.session, "csv1", "cli", app.config)
+    assert body(client, "/stats")["sources"]["csv1"]["last_status"] == "RUNNING"
+
+    fail_run(db.session, run_id, RuntimeError("stopped"))
+
+    assert body(client, "/stats")["sources"]["csv1"]["last_status"] == "FAILED"
