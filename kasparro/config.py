@@ -256,7 +256,9 @@ COMPOSE_SETTINGS: tuple[Setting, ...] = (
 # Read by docker/entrypoint.sh, which starts each role of the image, never by the app.
 ENTRYPOINT_SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", 8000, "port gunicorn listens on (`api` role)", whole_number),
-    Setting("WEB_CONCURRENCY", 2, "gunicorn worker processes", whole_number),
+    Setting(
+        "WEB_CONCURRENCY", 2, "gunicorn sync workers: one per core measured fastest", whole_number
+    ),
     Setting(
         "GUNICORN_TIMEOUT", 120, "seconds before gunicorn restarts a silent worker", whole_number
     ),
