@@ -30,27 +30,41 @@ def insert_many(
 ) -> sa.Result:
     """Insert ``rows`` in one statement; ``finish`` adds the ON CONFLICT and RETURNING clauses.
 
-    On PostgreSQL the rows travel as one array per column, unnested server-side: a few
-    parameters instead of one per value, which a large batch needs (four times faster for a
-    thousand rows than a multi-row VALUES). SQLite takes the rows as a multi-row VALUES.
+    On PostgreSQL the rows are streamed with ``COPY`` into a temporary staging table of the
+    same columns, then inserted set-wise from it in one statement, as PostgreSQL's manual
+    advises for bulk loads: no parameter per value, no per-row statement. The staging table
+    belongs to the connection and is emptied at every commit. SQLite takes the rows as a
+    multi-row VALUES.
     """
     insert = insert_for(session)(model)
     if session.get_bind().dialect.name != "postgresql":
         return session.execute(finish(insert), rows)
-    table = model.__table__
     columns = list(rows[0])
-    arrays = [_unnest(table.c[column], [row[column] for row in rows]) for column in columns]
-    return session.execute(finish(insert.from_select(columns, sa.select(*arrays))))
+    stage = _stage(session, model.__table__, columns, rows)
+    return session.execute(finish(insert.from_select(columns, sa.select(*stage.c))))
 
 
-def _unnest(column: sa.Column, values: list[Any]) -> sa.ColumnElement:
-    # JSON travels as text: psycopg cannot adapt a list of dicts to json[].
-    if isinstance(column.type, sa.JSON):
-        texts = [json.dumps(value) for value in values]
-        array = sa.cast(sa.bindparam(f"column_{column.name}", texts), postgresql.ARRAY(sa.Text))
-        return sa.cast(sa.func.unnest(array), column.type)
-    array = sa.cast(sa.bindparam(f"column_{column.name}", values), postgresql.ARRAY(column.type))
-    return sa.func.unnest(array)
+def _stage(
+    session: Session, table: sa.Table, columns: list[str], rows: list[dict[str, Any]]
+) -> sa.TableClause:
+    name = f"stage_{table.name}_{len(columns)}"  # one shape of rows per name
+    listed = ", ".join(f'"{column}"' for column in columns)
+    json_columns = {column for column in columns if isinstance(table.c[column].type, sa.JSON)}
+    driver = session.connection().connection.driver_connection
+    with driver.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
+            f"SELECT {listed} FROM {table.name} WITH NO DATA; TRUNCATE {name}"
+        )
+        with cursor.copy(f"COPY {name} ({listed}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(
+                    [
+                        json.dumps(row[column]) if column in json_columns else row[column]
+                        for column in columns
+                    ]
+                )
+    return sa.table(name, *(sa.column(column, table.c[column].type) for column in columns))
 
 
 def insert_raw(

@@ -96,10 +96,12 @@ def transform_and_upsert(
     model = source.raw_model
     resolver = None
     processed = 0
-    while raws := session.scalars(
-        sa.select(model)
-        .where(model.id > checkpoint.last_raw_id)
-        .order_by(model.id)
+    # Plain rows, not ORM objects: a raw record is only read here, never changed.
+    columns = model.__table__.c
+    while raws := session.execute(
+        sa.select(*columns)
+        .where(columns.id > checkpoint.last_raw_id)
+        .order_by(columns.id)
         .limit(settings["ETL_BATCH_SIZE"])
     ).all():
         if resolver is None:  # an unchanged source never gets here: it costs one query
@@ -114,8 +116,7 @@ def transform_and_upsert(
         run.updated += counts.updated
         run.unchanged += counts.unchanged
         run.rejected += insert_rejections(session, rejections)
-        for raw in raws:
-            checkpoint.cursor = source.advance(checkpoint.cursor, raw, report)
+        checkpoint.cursor = source.advance(checkpoint.cursor, raws, report)
         checkpoint.last_raw_id = raws[-1].id
         if unified:
             checkpoint.last_external_id = unified[-1]["external_id"]
@@ -183,14 +184,17 @@ def _transform_batch(
     return unified, rejections
 
 
+# The longest text each column holds, read once: a mapped attribute is slow to ask per row.
+_TEXT_LIMITS = {
+    name: UnifiedRecord.__table__.c[name].type.length for name in ("external_id", "name", "symbol")
+}
+
+
 def check_storable(observation: Observation) -> None:
     """Reject an observation whose text the unified table could not hold as given."""
-    for label, value, column in (
-        ("external id", observation.external_id, UnifiedRecord.external_id),
-        ("name", observation.name, UnifiedRecord.name),
-        ("symbol", observation.symbol, UnifiedRecord.symbol),
-    ):
-        check_text(label, value, column.type.length)
+    check_text("external id", observation.external_id, _TEXT_LIMITS["external_id"])
+    check_text("name", observation.name, _TEXT_LIMITS["name"])
+    check_text("symbol", observation.symbol, _TEXT_LIMITS["symbol"])
 
 
 def _rejection(source: Source, run: EtlRun, raw, reason: str) -> dict[str, Any]:

@@ -143,8 +143,10 @@ class Source(ABC):
         """Turn one raw record into observations; raise InvalidValue to reject it."""
 
     @abstractmethod
-    def advance(self, cursor: dict[str, Any], raw: RawRecordMixin, report: ReadReport) -> dict:
-        """Return the cursor that covers ``raw`` too."""
+    def advance(
+        self, cursor: dict[str, Any], raws: list[RawRecordMixin], report: ReadReport
+    ) -> dict:
+        """Return the cursor that covers a batch of ``raws`` (in id order) too."""
 
     @abstractmethod
     def describe(self, raw: RawRecordMixin) -> tuple[str, str]:

@@ -246,9 +246,10 @@ class CoinGeckoSource(Source):
             return []  # some letters grow when lower-cased: then the coin vouches for nothing
         return [KnownAsset(id=raw.external_id, symbol=symbol.lower(), name=name)]
 
-    def advance(self, cursor: dict, raw: RawApiRecord, report: ReadReport) -> dict:
+    def advance(self, cursor: dict, raws: list[RawApiRecord], report: ReadReport) -> dict:
         """Return the high-water ``last_updated`` seen so far."""
-        high_water = max(cursor.get("last_updated") or "", raw.source_updated_at)
+        seen = (raw.source_updated_at for raw in raws)
+        high_water = max(cursor.get("last_updated") or "", *seen)
         return {"last_updated": high_water or None}
 
     def describe(self, raw: RawApiRecord) -> tuple[str, str]:

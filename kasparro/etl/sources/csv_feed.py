@@ -305,7 +305,7 @@ class CsvSource(Source):
         if newest is None:
             return checkpoint.cursor if checkpoint else None
         self.prepare(session, [newest])
-        return self.advance({}, newest, {})
+        return self.advance({}, [newest], ReadReport())
 
     @staticmethod
     def _continues(
@@ -503,8 +503,9 @@ class CsvSource(Source):
                 row.header, row.header_hash, fields, row.encoding
             )
 
-    def advance(self, cursor: dict, raw: RawCsvRecordMixin, report: ReadReport) -> dict:
-        """Return a cursor just past ``raw``, with the fingerprint of everything up to it."""
+    def advance(self, cursor: dict, raws: list[RawCsvRecordMixin], report: ReadReport) -> dict:
+        """Return a cursor just past the last of ``raws``, fingerprinting everything up to it."""
+        raw = raws[-1]  # the newest read: the file's later records, or a later generation's
         if raw.raw_text is not None:
             breaks = raw.raw_text.count("\n")
         else:
