@@ -1,5 +1,6 @@
 """Set-based writes that work on PostgreSQL and SQLite alike: raw inserts, upserts, rejects."""
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ def insert_many(
 def _stage(
     session: Session, table: sa.Table, columns: list[str], rows: list[dict[str, Any]]
 ) -> sa.TableClause:
-    name = f"stage_{table.name}_{len(columns)}"  # one shape of rows per name
+    shape = hashlib.sha256(",".join(columns).encode()).hexdigest()[:12]
+    name = f"stage_{table.name}_{shape}"  # one name per table and set of columns
     listed = ", ".join(f'"{column}"' for column in columns)
     json_columns = {column for column in columns if isinstance(table.c[column].type, sa.JSON)}
     driver = session.connection().connection.driver_connection
