@@ -62,7 +62,7 @@ def register_extensions(app: Flask) -> None:
         config={
             "CACHE_TYPE": "SimpleCache" if entries > 0 else "NullCache",
             "CACHE_THRESHOLD": entries,
-            "CACHE_DEFAULT_TIMEOUT": 0,
+            "CACHE_DEFAULT_TIMEOUT": app.config["RESPONSE_CACHE_SECONDS"],
             "CACHE_NO_NULL_WARNING": True,  # off by choice: RESPONSE_CACHE_ENTRIES is 0
         },
     )

@@ -172,6 +172,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         whole_number,
     ),
     Setting(
+        "RESPONSE_CACHE_SECONDS",
+        60,
+        "longest a kept response is served: a write made outside the ETL shows within it",
+        at_least(1),
+    ),
+    Setting(
         "REDIS_URL",
         _redis_broker,
         "shared state: upstream pacing and request limits",

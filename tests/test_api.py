@@ -846,3 +846,12 @@ def test_interactive_docs_are_served(client, path):
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     assert "openapi.json" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("url", ["/stats", "/data", "/runs"])
+def test_a_query_string_that_is_not_utf8_gets_a_clear_400(client, url):
+    # WSGI hands the query string over as latin-1 text: "\xff" is the byte 0xFF.
+    response = client.get(url, environ_overrides={"QUERY_STRING": "x=\xff"})
+
+    assert response.status_code == 400
+    assert response.get_json()["message"] == "the query string is not valid UTF-8 at byte 2"

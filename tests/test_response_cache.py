@@ -1,5 +1,6 @@
 """Answers are kept until an ETL or retention commit may change them, and never served stale."""
 
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -10,6 +11,7 @@ from kasparro.etl.pipeline import extract
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import fail_run, start_run
 from kasparro.extensions import db
+from kasparro.models import UnifiedRecord
 from tests.csv_files import write
 
 APPENDED = "solana,Solana,122.1,2025-12-28T00:00:00Z\ncardano,Cardano,0.36,2025-12-28T00:00:00Z\n"
@@ -137,3 +139,22 @@ def test_a_run_closed_without_a_batch_is_seen(app, client):
     fail_run(db.session, run_id, RuntimeError("stopped"))
 
     assert body(client, "/stats")["sources"]["csv1"]["last_status"] == "FAILED"
+
+
+def test_a_write_made_outside_the_etl_shows_once_the_kept_answer_expires(settings, run_etl):
+    application = create_app({**settings, "RESPONSE_CACHE_SECONDS": 1})
+    with application.app_context():
+        run_etl("csv1")
+        client = application.test_client()
+        before = body(client, CACHED[0])["data"][0]
+        db.session.execute(
+            sa.update(UnifiedRecord).where(UnifiedRecord.id == before["id"]).values(value=1)
+        )
+        db.session.commit()  # by hand: no counter moves
+        time.sleep(2.1)  # the cache counts whole seconds
+
+        after = body(client, CACHED[0])["data"][0]
+        db.session.remove()
+        db.engine.dispose()
+
+    assert before["value"] != "1" and after["value"] == "1"

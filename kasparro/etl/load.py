@@ -48,24 +48,40 @@ def insert_many(
 def _stage(
     session: Session, table: sa.Table, columns: list[str], rows: list[dict[str, Any]]
 ) -> sa.TableClause:
-    shape = hashlib.sha256(",".join(columns).encode()).hexdigest()[:12]
-    name = f"stage_{table.name}_{shape}"  # one name per table and set of columns
-    listed = ", ".join(f'"{column}"' for column in columns)
+    connection = session.connection()
+    dialect = connection.dialect
+    quote = dialect.identifier_preparer.quote
+    # One staging table per target, set of columns and their types as this process's models
+    # declare them, under a name that fits PostgreSQL's 63 characters.
+    types = [table.c[column].type.compile(dialect) for column in columns]
+    shape = f"{table.name}:{columns}:{types}"
+    name = f"stage_{hashlib.sha256(shape.encode()).hexdigest()[:24]}"
+    listed = ", ".join(quote(column) for column in columns)
     json_columns = {column for column in columns if isinstance(table.c[column].type, sa.JSON)}
-    driver = session.connection().connection.driver_connection
-    with driver.cursor() as cursor:
-        cursor.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
-            f"SELECT {listed} FROM {table.name} WITH NO DATA; TRUNCATE {name}"
-        )
-        with cursor.copy(f"COPY {name} ({listed}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(
-                    [
-                        json.dumps(row[column]) if column in json_columns else row[column]
-                        for column in columns
-                    ]
-                )
+    try:
+        with connection.connection.driver_connection.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS SELECT "
+                f"{listed} FROM {dialect.identifier_preparer.format_table(table)} WITH NO DATA;"
+                f" TRUNCATE {name}"
+            )
+            with cursor.copy(f"COPY {name} ({listed}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(
+                        [
+                            json.dumps(row[column]) if column in json_columns else row[column]
+                            for column in columns
+                        ]
+                    )
+    except dialect.dbapi.Error as exc:
+        # The driver's own cursor: tell SQLAlchemy what it would have seen, so that a lost
+        # connection is discarded and the error reads like any other database error.
+        lost = dialect.is_disconnect(exc, connection.connection, None)
+        if lost:
+            connection.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            f"COPY {name}", None, exc, dialect.dbapi.Error, connection_invalidated=lost
+        ) from exc
     return sa.table(name, *(sa.column(column, table.c[column].type) for column in columns))
 
 

@@ -29,6 +29,10 @@ def init_request_log(app: Flask) -> None:
     def bound_query_string():
         if len(request.query_string) > MAX_QUERY_STRING:
             return error_body(414, f"the query string is longer than {MAX_QUERY_STRING} bytes")
+        try:
+            request.query_string.decode("utf-8")
+        except UnicodeDecodeError as exc:  # Werkzeug would fail reading the arguments
+            return error_body(400, f"the query string is not valid UTF-8 at byte {exc.start}")
         return None
 
     @app.after_request

@@ -5,7 +5,9 @@ retention have committed. Every such commit moves the data version (``kasparro.e
 in its own transaction, so a body computed at one version stays right for as long as the
 version stands: a repeated request costs one small query instead of the page's queries, ORM
 objects and serialisation. Flask-Caching keeps the bodies in each process's memory, at most
-``RESPONSE_CACHE_ENTRIES`` of them.
+``RESPONSE_CACHE_ENTRIES`` of them, each for at most ``RESPONSE_CACHE_SECONDS``: a write made
+outside this code (by hand, or by an older version of it) moves no counter, and shows once the
+answers it changed have expired.
 """
 
 from collections.abc import Callable
@@ -23,7 +25,9 @@ def cached_body(compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     The version is read before the body, so a body is never older than the version it is
     kept under; one computed across a commit is newer, and is simply not asked for again.
     """
-    key = f"{data_version(db.session)}:{request.full_path}"
+    # The query string as sent: bytes that are not UTF-8 make a key like any other.
+    query = request.query_string.decode("latin-1")
+    key = f"{data_version(db.session)}:{request.path}?{query}"
     body = cache.get(key)
     if body is None:
         body = compute()

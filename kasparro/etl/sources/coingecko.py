@@ -248,8 +248,7 @@ class CoinGeckoSource(Source):
 
     def advance(self, cursor: dict, raws: list[RawApiRecord], report: ReadReport) -> dict:
         """Return the high-water ``last_updated`` seen so far."""
-        seen = (raw.source_updated_at for raw in raws)
-        high_water = max(cursor.get("last_updated") or "", *seen)
+        high_water = max([cursor.get("last_updated") or "", *(r.source_updated_at for r in raws)])
         return {"last_updated": high_water or None}
 
     def describe(self, raw: RawApiRecord) -> tuple[str, str]:
