@@ -84,11 +84,10 @@ def page_unified_records(session: Session, args: dict[str, Any]) -> RecordPage:
     page: int | None = args["page"]
     if "cursor" in args:
         timestamp, record_id = decode_cursor(args["cursor"])
+        # A row comparison is one index condition: the page starts at the cursor, at any depth
+        # (the same test written with OR is a filter, and scans every newer row first).
         query = query.where(
-            sa.or_(
-                UnifiedRecord.timestamp < timestamp,
-                sa.and_(UnifiedRecord.timestamp == timestamp, UnifiedRecord.id < record_id),
-            )
+            sa.tuple_(UnifiedRecord.timestamp, UnifiedRecord.id) < (timestamp, record_id)
         )
         page = None
     else:

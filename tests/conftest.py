@@ -162,6 +162,18 @@ def app(settings):
 
 
 @pytest.fixture
+def postgres_app(postgres_url):
+    """Yield an app on this session's PostgreSQL database, emptied, for PostgreSQL's own ways."""
+    application = create_app(
+        {"SQLALCHEMY_DATABASE_URI": emptied(postgres_url), "LOG_LEVEL": "INFO"}
+    )
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
 def client(app):
     """Return a test client for the app."""
     return app.test_client()

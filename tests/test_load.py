@@ -4,12 +4,11 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from kasparro import create_app
 from kasparro.etl.load import insert_many
 from kasparro.etl.runs import fail_run, start_run
 from kasparro.extensions import db
 from kasparro.models import EtlRun
-from tests.conftest import PG_ADMIN_URL, emptied
+from tests.conftest import PG_ADMIN_URL
 
 
 def test_batches_of_one_table_with_different_columns_keep_their_own_values(app):
@@ -29,16 +28,6 @@ def test_batches_of_one_table_with_different_columns_keep_their_own_values(app):
         ("csv2", "api", None, "boom"),
         ("csv1", "cli", "t-1", None),
     ]
-
-
-@pytest.fixture
-def postgres_app(settings, postgres_url):
-    """Yield an app on this session's PostgreSQL database, emptied."""
-    application = create_app({**settings, "SQLALCHEMY_DATABASE_URI": emptied(postgres_url)})
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
 
 
 def test_a_connection_lost_during_a_load_fails_the_run_and_frees_the_source(postgres_app):
