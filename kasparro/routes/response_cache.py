@@ -25,7 +25,7 @@ def cached_body(compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     The version is read before the body, so a body is never older than the version it is
     kept under; one computed across a commit is newer, and is simply not asked for again.
     """
-    # The query string as sent: bytes that are not UTF-8 make a key like any other.
+    # The query string as sent, byte for byte (parameter order included).
     query = request.query_string.decode("latin-1")
     key = f"{data_version(db.session)}:{request.path}?{query}"
     body = cache.get(key)
