@@ -26,6 +26,10 @@ def celery_init_app(app: Flask) -> Celery:
         }
     }
     celery_app.conf.update(app.config.get("CELERY", {}))
+    if celery_app.conf.task_always_eager:
+        # Tasks run in this process: load them through celeryconfig's ``imports``, as a worker
+        # does, so that they are found by name (kasparro.dispatch) without importing tasks/.
+        celery_app.loader.import_default_modules()
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app

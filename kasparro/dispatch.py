@@ -1,8 +1,8 @@
 """Start runs from the web app and the CLI: record the run, then queue its tasks by name.
 
 The tasks themselves live in the ``tasks`` package, which imports this one; queuing them by
-name keeps the arrows one way. Without a broker the chain runs eagerly, in this process: the
-tasks are then found through celeryconfig's ``imports``, as a worker finds them.
+name keeps the arrows one way. Without a broker the chain runs eagerly, in this process, with
+the tasks the Celery app loaded through celeryconfig's ``imports`` (kasparro.celery_app).
 """
 
 import sqlalchemy as sa
@@ -31,8 +31,6 @@ def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
     cannot be reached; then the run is closed as FAILED, so it holds no lock.
     """
     celery_app: Celery = current_app.extensions["celery"]
-    if celery_app.conf.task_always_eager:  # before the run holds the source's lock
-        celery_app.loader.import_default_modules()
     task_id = uuid()
     run_id = start_run(db.session, source, trigger, current_app.config, task_id)
     work = chain(
