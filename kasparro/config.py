@@ -321,20 +321,14 @@ def secret_values(config: Mapping[str, Any]) -> list[str]:
 
 def shown_default(setting: Setting) -> str:
     """Return ``setting``'s default as the README writes it."""
-    value = setting.default
     if setting.default_text:
         return setting.default_text
     if setting.secret:
         return "none (secret)"
-    if value in ("", None):
+    value = example_value(setting)
+    if not value:
         return "empty"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int):
-        return str(value)
-    if value.startswith(f"{PROJECT_ROOT}{os.sep}"):
-        value = Path(value).relative_to(PROJECT_ROOT).as_posix()
-    return f"`{value}`"
+    return value if isinstance(setting.default, int | float) else f"`{value}`"
 
 
 def setting_groups() -> list[tuple[str, tuple[Setting, ...]]]:
