@@ -11,7 +11,8 @@ port=${2:-8100}
 bin="$here/.venv/bin"
 command -v wrk >/dev/null || { echo "read_bench: install the Debian package wrk" >&2; exit 1; }
 tmp=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null; rm -rf "$tmp"' EXIT
+server=""
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$tmp"' EXIT
 cd "$tree"
 export DATABASE_URL="${BENCH_DATABASE_URL:-sqlite:///$tmp/etl.db}" LOG_LEVEL=WARNING
 "$bin/flask" --app wsgi db upgrade >/dev/null 2>&1
