@@ -221,3 +221,76 @@ class DataVersion(Base):
 
     scope: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     version: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+# Maintained aggregates: kept exact by database triggers (migration 0006) in the statement that
+# writes the rows they count, whoever writes them, so that no read has to count a whole table.
+
+
+class UnifiedTotal(Base):
+    """How many observations each source has of each metric, and how many of them are unresolved.
+
+    Kept by triggers on ``unified_records``, in the statement that writes the rows.
+    """
+
+    __tablename__ = "unified_totals"
+
+    source: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    metric: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    records: Mapped[int] = mapped_column(sa.BigInteger)
+    unresolved: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class UnifiedCount(Base):
+    """How many observations of each asset each source has of each metric (resolved ones only).
+
+    Kept by triggers on ``unified_records``, in the statement that writes the rows; keyed by asset
+    first, so that the totals of one asset are one index range.
+    """
+
+    __tablename__ = "unified_counts"
+
+    asset_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    source: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    metric: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    records: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class RejectedCount(Base):
+    """How many rejected records each source has; kept by triggers on ``rejected_records``."""
+
+    __tablename__ = "rejected_counts"
+
+    source: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    records: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class RunSummary(Base):
+    """Each source's run history in one row; kept by triggers on ``etl_runs``.
+
+    ``last_run_id`` is the newest run that is not SKIPPED (a skipped attempt did no work: the run
+    it collided with tells the state); a success is a SUCCESS or PARTIAL run.
+    """
+
+    __tablename__ = "run_summaries"
+
+    source: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    records_processed: Mapped[int] = mapped_column(sa.BigInteger)
+    last_run_id: Mapped[int | None] = mapped_column(sa.Integer)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    runs_running: Mapped[int] = mapped_column(sa.Integer)
+    runs_success: Mapped[int] = mapped_column(sa.Integer)
+    runs_partial: Mapped[int] = mapped_column(sa.Integer)
+    runs_failed: Mapped[int] = mapped_column(sa.Integer)
+    runs_skipped: Mapped[int] = mapped_column(sa.Integer)
+
+    def run_counts(self) -> dict[str, int]:
+        """Return how many runs the source has had in each status it has had."""
+        counts = {status.value: getattr(self, f"runs_{status.lower()}") for status in RunStatus}
+        return {status: count for status, count in counts.items() if count}
+
+
+# The run summary's newest success and failure are found through this index, whatever the length
+# of the run log.
+sa.Index("ix_etl_runs_source_status_finished", EtlRun.source, EtlRun.status, EtlRun.finished_at)

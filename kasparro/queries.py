@@ -1,4 +1,8 @@
-"""Read-side queries the API serves: filtered pages, per-source statistics, health."""
+"""Read-side queries the API serves: filtered pages, per-source statistics, health.
+
+Totals, statistics and health read the aggregates the database maintains (migration 0006), so
+that no request counts or groups a whole table.
+"""
 
 import base64
 import binascii
@@ -9,10 +13,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from kasparro.etl.sources import SOURCES
-from kasparro.models import EtlRun, RejectedRecord, RunStatus, UnifiedRecord
+from kasparro.models import (
+    EtlRun,
+    RejectedCount,
+    RunSummary,
+    UnifiedCount,
+    UnifiedRecord,
+    UnifiedTotal,
+)
 
 FILTER_COLUMNS = {
     "source": UnifiedRecord.source,
@@ -47,6 +60,31 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     return timestamp, record_id
 
 
+# Totals under source, metric and asset are exact, from the counts the database maintains; any
+# of these filters makes the total an estimate, unless few enough rows match to count outright.
+ESTIMATED_FILTERS = ("symbol", "since", "until")
+EXACT_COUNT_LIMIT = 1000
+
+
+class Explain(Executable, ClauseElement):
+    """``EXPLAIN (FORMAT JSON)`` of a query: PostgreSQL's plan for it, with its row estimate.
+
+    Written as a SQLAlchemy construct (the documented ``@compiles`` extension, after the
+    "Explain" recipe of SQLAlchemy's wiki) so that the query's parameters are bound as they are
+    when it runs. Not cached, as in the recipe: its result has no columns SQLAlchemy could map.
+    """
+
+    inherit_cache = False
+
+    def __init__(self, query: sa.Select):
+        self.query = query
+
+
+@compiles(Explain, "postgresql")
+def _explain_on_postgresql(element: Explain, compiler, **kw) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.query, **kw)
+
+
 @dataclass
 class RecordPage:
     """One page of unified records and where it sits."""
@@ -55,6 +93,7 @@ class RecordPage:
     page: int | None
     page_size: int
     total: int
+    total_is_estimate: bool
     next_cursor: str | None
 
     @property
@@ -73,7 +112,7 @@ def page_unified_records(session: Session, args: dict[str, Any]) -> RecordPage:
         conditions.append(UnifiedRecord.timestamp >= args["since"])
     if "until" in args:
         conditions.append(UnifiedRecord.timestamp <= args["until"])
-    total = session.scalar(sa.select(sa.func.count()).select_from(UnifiedRecord).where(*conditions))
+    total, total_is_estimate = count_records(session, args, conditions)
     page_size = args["page_size"]
     query = (
         sa.select(UnifiedRecord)
@@ -94,68 +133,109 @@ def page_unified_records(session: Session, args: dict[str, Any]) -> RecordPage:
         query = query.offset((page - 1) * page_size)
     records = list(session.scalars(query))
     next_cursor = encode_cursor(records[-1]) if len(records) == page_size else None
-    return RecordPage(records, page, page_size, total, next_cursor)
+    return RecordPage(records, page, page_size, total, total_is_estimate, next_cursor)
 
 
-def _last_runs(session: Session) -> dict[str, EtlRun]:
-    # A SKIPPED attempt did no work: the run it collided with is the one that tells the state.
-    newest = (
-        sa.select(sa.func.max(EtlRun.id))
-        .where(EtlRun.status != RunStatus.SKIPPED)
-        .group_by(EtlRun.source)
+def count_records(
+    session: Session, args: dict[str, Any], conditions: list[sa.ColumnElement[bool]]
+) -> tuple[int, bool]:
+    """Return how many records match the filters, and whether that number is an estimate.
+
+    Under filters among source, metric and asset it is exact, read from the maintained counts.
+    Under the others the matching rows are counted up to ``EXACT_COUNT_LIMIT``, through the
+    index that serves the page; beyond that the number is an estimate, bounded by what is
+    known: more than that limit, and no more than the exact total of the counted filters alone.
+    On PostgreSQL it is the planner's estimate within those bounds; on SQLite, the upper bound.
+    """
+    if not any(name in args for name in ESTIMATED_FILTERS):
+        return maintained_total(session, args), False
+    matching = session.scalar(
+        sa.select(sa.func.count()).select_from(
+            sa.select(UnifiedRecord.id).where(*conditions).limit(EXACT_COUNT_LIMIT + 1).subquery()
+        )
     )
-    return {
-        run.source: run for run in session.scalars(sa.select(EtlRun).where(EtlRun.id.in_(newest)))
-    }
+    if matching <= EXACT_COUNT_LIMIT:
+        return matching, False
+    at_most = maintained_total(session, args)
+    if session.get_bind().dialect.name != "postgresql":
+        return at_most, True
+    plan = session.scalar(Explain(sa.select(UnifiedRecord.id).where(*conditions)))
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return min(max(int(plan[0]["Plan"]["Plan Rows"]), matching), at_most), True
+
+
+def maintained_total(session: Session, args: dict[str, Any]) -> int:
+    """Return how many records match the source, metric and asset filters in ``args``, exactly.
+
+    The sum runs over a few rows of the maintained counts, whatever the size of the table: one
+    row per source and metric, or with an asset, that asset's rows.
+    """
+    if "asset" in args:
+        model, conditions = UnifiedCount, [UnifiedCount.asset_id == args["asset"]]
+    else:
+        model, conditions = UnifiedTotal, []
+    conditions += [
+        getattr(model, name) == args[name] for name in ("source", "metric") if name in args
+    ]
+    return int(
+        session.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(model.records), 0)).where(*conditions)
+        )
+    )
+
+
+def run_summaries(session: Session) -> dict[str, tuple[RunSummary, EtlRun | None]]:
+    """Return each source's maintained run summary with its newest run, found by primary key."""
+    summaries = session.scalars(sa.select(RunSummary)).all()
+    # Two small queries rather than a join: a join's plan depends on the summaries' statistics.
+    ids = [summary.last_run_id for summary in summaries if summary.last_run_id is not None]
+    runs = {run.id: run for run in session.scalars(sa.select(EtlRun).where(EtlRun.id.in_(ids)))}
+    return {summary.source: (summary, runs.get(summary.last_run_id)) for summary in summaries}
 
 
 def source_health(session: Session) -> tuple[EtlRun | None, dict[str, EtlRun]]:
-    """Return the newest run overall and the newest run of each source."""
-    last_runs = _last_runs(session)
+    """Return the newest run overall and the newest run of each source.
+
+    A SKIPPED attempt did no work: the run it collided with is the one that tells the state.
+    """
+    last_runs = {source: run for source, (_, run) in run_summaries(session).items() if run}
     newest = max(last_runs.values(), key=lambda run: run.id, default=None)
     return newest, last_runs
 
 
 def source_stats(session: Session) -> dict[str, dict[str, Any]]:
-    """Return totals and run history for every source, in a handful of grouped queries."""
-
-    def grouped(*columns, where=None, model=EtlRun) -> dict:
-        query = sa.select(model.source, *columns).group_by(model.source)
-        if where is not None:
-            query = query.where(where)
-        return {row[0]: row[1] if len(row) == 2 else row[1:] for row in session.execute(query)}
-
-    totals = grouped(sa.func.count(), model=UnifiedRecord)
-    unresolved = grouped(
-        sa.func.count(), where=UnifiedRecord.asset_id.is_(None), model=UnifiedRecord
-    )
-    rejected = grouped(sa.func.count(), model=RejectedRecord)
-    processed = grouped(sa.func.coalesce(sa.func.sum(EtlRun.rows_read), 0))
-    last_success = grouped(
-        sa.func.max(EtlRun.finished_at),
-        where=EtlRun.status.in_((RunStatus.SUCCESS, RunStatus.PARTIAL)),
-    )
-    last_failure = grouped(sa.func.max(EtlRun.finished_at), where=EtlRun.status == RunStatus.FAILED)
-    run_counts: dict[str, dict[str, int]] = {name: {} for name in SOURCES}
-    for source, status, count in session.execute(
-        sa.select(EtlRun.source, EtlRun.status, sa.func.count()).group_by(
-            EtlRun.source, EtlRun.status
+    """Return totals and run history for every source, from the maintained aggregates."""
+    totals = {
+        source: (int(records), int(unresolved))
+        for source, records, unresolved in session.execute(
+            sa.select(
+                UnifiedTotal.source,
+                sa.func.sum(UnifiedTotal.records),
+                sa.func.sum(UnifiedTotal.unresolved),
+            ).group_by(UnifiedTotal.source)
         )
-    ):
-        run_counts.setdefault(source, {})[status] = count
-    last_runs = _last_runs(session)
-    return {
-        name: {
-            "total_records": totals.get(name, 0),
-            "unresolved_records": unresolved.get(name, 0),
-            "rejected_records": rejected.get(name, 0),
-            "records_processed": int(processed.get(name, 0)),
-            "last_run": last_runs.get(name),
-            "last_status": getattr(last_runs.get(name), "status", None),
-            "last_duration_ms": getattr(last_runs.get(name), "duration_ms", None),
-            "last_success_at": last_success.get(name),
-            "last_failure_at": last_failure.get(name),
-            "run_counts": run_counts[name],
-        }
-        for name in SOURCES
     }
+    rejected = {
+        source: records
+        for source, records in session.execute(
+            sa.select(RejectedCount.source, RejectedCount.records)
+        )
+    }
+    summaries = run_summaries(session)
+    stats = {}
+    for name in SOURCES:
+        records, unresolved = totals.get(name, (0, 0))
+        summary, last_run = summaries.get(name, (None, None))
+        stats[name] = {
+            "total_records": records,
+            "unresolved_records": unresolved,
+            "rejected_records": rejected.get(name, 0),
+            "records_processed": summary.records_processed if summary else 0,
+            "last_run": last_run,
+            "last_status": getattr(last_run, "status", None),
+            "last_duration_ms": getattr(last_run, "duration_ms", None),
+            "last_success_at": getattr(summary, "last_success_at", None),
+            "last_failure_at": getattr(summary, "last_failure_at", None),
+            "run_counts": summary.run_counts() if summary else {},
+        }
+    return stats

@@ -6,6 +6,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from kasparro.etl.sources import SOURCES
 from kasparro.models import RUN_TRIGGERS, RunStatus
+from kasparro.queries import EXACT_COUNT_LIMIT
 
 RUN_STATUSES = [status.value for status in RunStatus]
 
@@ -112,8 +113,18 @@ class PaginationSchema(Schema):
 
     page = fields.Integer(allow_none=True, required=True)
     page_size = fields.Integer(required=True)
-    total = fields.Integer(required=True)
+    total = fields.Integer(
+        required=True,
+        metadata={"description": "records matching the filters; see total_is_estimate"},
+    )
     total_pages = fields.Integer(required=True)
+    total_is_estimate = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "true when total is an estimate: under a symbol, since or until filter"
+            f" that matches more than {EXACT_COUNT_LIMIT:,} records (exact otherwise)"
+        },
+    )
     next_cursor = fields.String(allow_none=True, required=True)
 
 

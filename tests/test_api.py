@@ -226,6 +226,7 @@ def test_data_page_has_the_documented_shape_and_exact_decimal_values(client, add
         "page_size": 10,
         "total": 2,
         "total_pages": 1,
+        "total_is_estimate": False,
         "next_cursor": None,
     }
     assert set(body["meta"]) == {"request_id", "api_latency_ms"}

@@ -14,8 +14,12 @@ CORE_TABLES = {
     "csv_generations",
     "data_versions",
     "etl_runs",
+    "rejected_counts",
     "rejected_records",
+    "run_summaries",
+    "unified_counts",
     "unified_records",
+    "unified_totals",
 }
 
 

@@ -47,6 +47,7 @@ def _page(args) -> dict:
             "page": page.page,
             "page_size": page.page_size,
             "total": page.total,
+            "total_is_estimate": page.total_is_estimate,
             "total_pages": page.total_pages,
             "next_cursor": page.next_cursor,
         },
