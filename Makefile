@@ -48,9 +48,17 @@ services:
 smoke: $(VENV)/.dev services
 	$(BIN)/python scripts/smoke.py
 
-## bench: measure ETL throughput and memory, and /data latency over a million rows (PostgreSQL)
+## bench: the ETL and the read API next to their baselines, on N-row feeds; writes BENCHMARKS.md
+N ?= 1000000
 bench: $(VENV)/.dev services
-	$(BIN)/python scripts/bench.py
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update && apt-get install -y wrk; \
+	  else \
+	    echo "make bench needs wrk: install the Debian package wrk (apt-get install wrk)" >&2; \
+	    exit 1; \
+	  fi; }
+	$(BIN)/python scripts/bench.py --rows $(N)
 
 ## settings-docs: write README's settings tables and .env.example from the declarations
 settings-docs: $(VENV)/.runtime
