@@ -37,7 +37,8 @@ def insert_many(
     belongs to the connection and is emptied at every commit. SQLite takes the rows as a
     multi-row VALUES.
     """
-    insert = insert_for(session)(model)
+    # On the table, not the mapped class: the ORM's bulk machinery would cost more than the COPY.
+    insert = insert_for(session)(model.__table__)
     if session.get_bind().dialect.name != "postgresql":
         return session.execute(finish(insert), rows)
     columns = list(rows[0])
@@ -110,7 +111,7 @@ def insert_raw(
         model,
         values,
         lambda insert: insert.on_conflict_do_nothing(index_elements=["record_key"]).returning(
-            model.record_key
+            insert.table.c.record_key
         ),
     )
     return set(result.scalars())
@@ -145,7 +146,7 @@ def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts
             index_elements=list(UNIFIED_KEY),
             set_={col: insert.excluded[col] for col in (*UNIFIED_TRACKED, "run_id", "raw_id")},
             where=sa.or_(*changed),
-        ).returning(UnifiedRecord.ingested_at)
+        ).returning(table.c.ingested_at)
 
     written = insert_many(session, UnifiedRecord, list(latest.values()), upsert).scalars().all()
     inserted = sum(1 for ingested_at in written if ingested_at == stamp)
@@ -167,6 +168,6 @@ def insert_rejections(session: Session, rows: list[dict[str, Any]]) -> int:
         rows,
         lambda insert: insert.on_conflict_do_nothing(
             index_elements=["source", "record_key"]
-        ).returning(RejectedRecord.id),
+        ).returning(insert.table.c.id),
     )
     return len(result.scalars().all())

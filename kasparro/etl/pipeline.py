@@ -97,11 +97,11 @@ def transform_and_upsert(
     resolver = None
     processed = 0
     # Plain rows, not ORM objects: a raw record is only read here, never changed.
-    columns = model.__table__.c
+    columns = source.raw_columns()
     while raws := session.execute(
         sa.select(*columns)
-        .where(columns.id > checkpoint.last_raw_id)
-        .order_by(columns.id)
+        .where(model.id > checkpoint.last_raw_id)
+        .order_by(model.id)
         .limit(settings["ETL_BATCH_SIZE"])
     ).all():
         if resolver is None:  # an unchanged source never gets here: it costs one query
@@ -141,13 +141,10 @@ def _transform_batch(
     resolver: AssetResolver,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     source.prepare(session, raws)
-    duplicates = source.duplicates(session, raws)
     accepted: list[tuple[Any, list[Observation]]] = []
     rejections: list[dict[str, Any]] = []
     for raw in raws:
         try:
-            if raw.id in duplicates:
-                raise InvalidValue(duplicates[raw.id])
             observations = source.observations(raw, report)
             for observation in observations:
                 check_storable(observation)
@@ -162,10 +159,11 @@ def _transform_batch(
     for asset in known:
         resolver.add(asset.id, asset.symbol, asset.name)
     unified: list[dict[str, Any]] = []
+    unresolved = 0
     for raw, observations in accepted:
         for observation in observations:
             asset_id = resolver.resolve(observation)
-            run.unresolved += asset_id is None
+            unresolved += asset_id is None
             unified.append(
                 {
                     "source": run.source,
@@ -181,6 +179,7 @@ def _transform_batch(
                     "raw_id": raw.id,
                 }
             )
+    run.unresolved += unresolved
     return unified, rejections
 
 

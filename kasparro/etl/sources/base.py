@@ -156,9 +156,9 @@ class Source(ABC):
         """Load what turning ``raws`` into observations needs beyond the rows themselves."""
         return None  # most sources need nothing beyond the rows
 
-    def duplicates(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
-        """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
-        return {}
+    def raw_columns(self) -> list[Any]:
+        """Return what the transform selects of a raw row: every column, unless told less."""
+        return list(self.raw_model.__table__.c)
 
     def known_assets(self, raw: RawRecordMixin, report: ReadReport) -> list[KnownAsset]:
         """Return the coin identities this record vouches for (only an authoritative source)."""

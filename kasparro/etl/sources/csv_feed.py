@@ -17,6 +17,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -144,6 +145,16 @@ class Generation:
     header_hash: str
     fields: FieldMap
     encoding: str
+
+    def positions(self, expected: tuple[str, ...]) -> tuple[int | None, ...]:
+        """Return where each expected field is in a row, or None: the last column of its name."""
+        return tuple(
+            self._last_column.get(self.fields.found_as.get(name, name)) for name in expected
+        )
+
+    @cached_property
+    def _last_column(self) -> dict[str, int]:
+        return {name: at for at, name in enumerate(self.header)}
 
 
 @dataclass(frozen=True)
@@ -351,8 +362,9 @@ class CsvSource(Source):
     def _records(self, handle: BinaryIO, prefix, line: int) -> Iterator[Record]:
         """Frame records from the handle's position; stop at one whose end is not written yet."""
         self._pending = None
+        position = handle.tell()  # kept by counting: asking the file for it costs a system call
         while True:
-            start = handle.tell()
+            start = position
             first = handle.readline(self.limit + 1)
             if not first:
                 return
@@ -361,8 +373,10 @@ class CsvSource(Source):
                 if record is None:
                     return
                 line += 1
+                position = handle.tell()
                 yield record
                 continue
+            position = start + len(first)
             if not first.endswith(b"\n") and not self._complete_at_end(handle):
                 reason = OPEN_QUOTE if ends_in_quotes(first) else NO_LINE_END
                 self._pending = Pending(line=line + 1, bytes=len(first), reason=reason)
@@ -372,6 +386,7 @@ class CsvSource(Source):
                 data, lines = self._quoted(handle, first, start, line + 1)
                 if data is None:
                     return
+                position = handle.tell()
             prefix.update(data)
             line += lines
             if data.strip():  # a blank line is not a record
@@ -527,25 +542,30 @@ class CsvSource(Source):
         encoding = self._generations[raw.generation].encoding
         return f"line {raw.line_no}", (raw.raw_bytes or b"").decode(encoding, "backslashreplace")
 
-    def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
-        """Find rows whose text repeats an earlier row of the same file generation."""
-        model = self.raw_model
-        first_lines = {
-            (generation, digest): line
-            for generation, digest, line in session.execute(
-                sa.select(model.generation, model.content_hash, sa.func.min(model.line_no))
-                .where(model.content_hash.in_({raw.content_hash for raw in raws}))
-                .group_by(model.generation, model.content_hash)
+    def raw_columns(self) -> list[Any]:
+        """Return the columns a CSV record is read back with, and the line it repeats, if any.
+
+        A record whose text repeats an earlier record of the same generation is a duplicate.
+        The earlier line is found by the same query that reads the batch, one index probe each.
+        """
+        row, earlier = self.raw_model.__table__, self.raw_model.__table__.alias("earlier")
+        duplicate_of = (
+            sa.select(sa.func.min(earlier.c.line_no))
+            .where(
+                earlier.c.content_hash == row.c.content_hash,
+                earlier.c.generation == row.c.generation,
+                earlier.c.line_no < row.c.line_no,
             )
-        }
-        return {
-            raw.id: f"duplicate of line {first}"
-            for raw in raws
-            if (first := first_lines[(raw.generation, raw.content_hash)]) < raw.line_no
-        }
+            .scalar_subquery()
+            .label("duplicate_of")
+        )
+        unread = {"payload", "received_at", "run_id"}  # a CSV record's payload is its text
+        return [column for column in row.c if column.name not in unread] + [duplicate_of]
 
     def observations(self, raw: RawCsvRecordMixin, report: ReadReport) -> list[Observation]:
         """Split a record with its generation's header and map it to observations."""
+        if raw.duplicate_of is not None:
+            raise InvalidValue(f"duplicate of line {raw.duplicate_of}")
         generation = self._generations[raw.generation]
         text = raw.raw_text
         if text is None:
@@ -564,11 +584,10 @@ class CsvSource(Source):
             raise InvalidValue(f"malformed row: expected {expected} fields, got {len(values)}")
         if generation.fields.missing:
             raise InvalidValue("; ".join(generation.fields.missing.values()))
-        record = dict(zip(generation.header, values, strict=True))
-        fields = {
-            name: (generation.fields.get(record, name) or "").strip() for name in self.columns
-        }
-        external_id, name, value, timestamp = (fields[column] for column in self.columns)
+        external_id, name, value, timestamp = (
+            values[at].strip() if at is not None else ""
+            for at in generation.positions(self.columns)
+        )
         if not external_id:
             raise InvalidValue(f"missing {self.columns[0]}")
         names = self.coin_names(external_id, name)
