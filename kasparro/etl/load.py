@@ -70,7 +70,7 @@ def _stage(
                 for row in rows:
                     copy.write_row(
                         [
-                            json.dumps(row[column]) if column in json_columns else row[column]
+                            _json(row[column]) if column in json_columns else row[column]
                             for column in columns
                         ]
                     )
@@ -86,15 +86,19 @@ def _stage(
     return sa.table(name, *(sa.column(column, table.c[column].type) for column in columns))
 
 
+def _json(value: Any) -> str:
+    return "null" if value is None else json.dumps(value)  # a CSV record has no payload
+
+
 def insert_raw(
     session: Session, model: type[RawRecordMixin], rows: list[RawRow], run_id: int
-) -> set[str]:
-    """Insert raw rows not stored yet, in one statement; return the keys that were new."""
+) -> dict[str, int]:
+    """Insert raw rows not stored yet, in one statement; return the new ones' ids by key."""
     unique: dict[str, RawRow] = {}
     for row in rows:
         unique.setdefault(row.record_key, row)
     if not unique:
-        return set()
+        return {}
     now = utcnow()
     values = [
         {
@@ -111,10 +115,10 @@ def insert_raw(
         model,
         values,
         lambda insert: insert.on_conflict_do_nothing(index_elements=["record_key"]).returning(
-            insert.table.c.record_key
+            insert.table.c.record_key, insert.table.c.id
         ),
     )
-    return set(result.scalars())
+    return {key: raw_id for key, raw_id in result}
 
 
 @dataclass

@@ -132,7 +132,11 @@ class Source(ABC):
 
     @abstractmethod
     def read(self, session: Session, checkpoint: Checkpoint | None) -> Iterator[RawRow]:
-        """Yield every record past what is stored already as a raw row, usable or not."""
+        """Yield every record past what is stored already as a raw row, usable or not.
+
+        The session may be used until the first record is yielded, not after: the rest of the
+        read runs in another thread while batches load.
+        """
 
     @abstractmethod
     def report(self) -> ReadReport:
@@ -159,6 +163,10 @@ class Source(ABC):
     def raw_columns(self) -> list[Any]:
         """Return what the transform selects of a raw row: every column, unless told less."""
         return list(self.raw_model.__table__.c)
+
+    def duplicates(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
+        """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
+        return {}
 
     def known_assets(self, raw: RawRecordMixin, report: ReadReport) -> list[KnownAsset]:
         """Return the coin identities this record vouches for (only an authoritative source)."""

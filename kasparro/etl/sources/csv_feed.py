@@ -17,7 +17,6 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -145,16 +144,21 @@ class Generation:
     header_hash: str
     fields: FieldMap
     encoding: str
+    positions: tuple[int | None, ...]  # where each expected field is in a row, if anywhere
 
-    def positions(self, expected: tuple[str, ...]) -> tuple[int | None, ...]:
-        """Return where each expected field is in a row, or None: the last column of its name."""
-        return tuple(
-            self._last_column.get(self.fields.found_as.get(name, name)) for name in expected
-        )
-
-    @cached_property
-    def _last_column(self) -> dict[str, int]:
-        return {name: at for at, name in enumerate(self.header)}
+    @classmethod
+    def of(
+        cls,
+        expected: tuple[str, ...],
+        header: list[str],
+        header_hash: str,
+        fields: FieldMap,
+        encoding: str,
+    ) -> "Generation":
+        """Return a generation that finds each ``expected`` field in the last column of its name."""
+        last = {name: at for at, name in enumerate(header)}
+        positions = tuple(last.get(fields.found_as.get(name, name)) for name in expected)
+        return cls(header, header_hash, fields, encoding, positions)
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,9 @@ class CsvSource(Source):
             for record in self._records(handle, prefix, line):
                 if number is None:  # numbered only once there is a record to keep
                     number = self._new_generation(
-                        session, resume, Generation(header, header_hash, self._fields, encoding)
+                        session,
+                        resume,
+                        Generation.of(self.columns, header, header_hash, self._fields, encoding),
                     )
                 yield self._raw_row(record, number, encoding)
 
@@ -514,8 +520,8 @@ class CsvSource(Source):
                 if row.fields is not None
                 else self._match_header(row.header)
             )
-            self._generations[row.generation] = Generation(
-                row.header, row.header_hash, fields, row.encoding
+            self._generations[row.generation] = Generation.of(
+                self.columns, row.header, row.header_hash, fields, row.encoding
             )
 
     def advance(self, cursor: dict, raws: list[RawCsvRecordMixin], report: ReadReport) -> dict:
@@ -543,29 +549,34 @@ class CsvSource(Source):
         return f"line {raw.line_no}", (raw.raw_bytes or b"").decode(encoding, "backslashreplace")
 
     def raw_columns(self) -> list[Any]:
-        """Return the columns a CSV record is read back with, and the line it repeats, if any.
+        """Return the columns a stored CSV record is read back with: its text, not a payload."""
+        unread = {"payload", "received_at", "run_id"}
+        return [column for column in self.raw_model.__table__.c if column.name not in unread]
 
-        A record whose text repeats an earlier record of the same generation is a duplicate.
-        The earlier line is found by the same query that reads the batch, one index probe each.
+    def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
+        """Find the records of ``raws`` (stored, in id order) that repeat an earlier line's text.
+
+        Earlier means an earlier line of the same generation, stored before or in this batch:
+        one index probe per record, and only the duplicates come back.
         """
         row, earlier = self.raw_model.__table__, self.raw_model.__table__.alias("earlier")
-        duplicate_of = (
-            sa.select(sa.func.min(earlier.c.line_no))
-            .where(
-                earlier.c.content_hash == row.c.content_hash,
-                earlier.c.generation == row.c.generation,
-                earlier.c.line_no < row.c.line_no,
+        found = session.execute(
+            sa.select(row.c.id, sa.func.min(earlier.c.line_no))
+            .join(
+                earlier,
+                sa.and_(
+                    earlier.c.content_hash == row.c.content_hash,
+                    earlier.c.generation == row.c.generation,
+                    earlier.c.line_no < row.c.line_no,
+                ),
             )
-            .scalar_subquery()
-            .label("duplicate_of")
+            .where(row.c.id.between(raws[0].id, raws[-1].id))
+            .group_by(row.c.id)
         )
-        unread = {"payload", "received_at", "run_id"}  # a CSV record's payload is its text
-        return [column for column in row.c if column.name not in unread] + [duplicate_of]
+        return {raw_id: f"duplicate of line {line}" for raw_id, line in found}
 
     def observations(self, raw: RawCsvRecordMixin, report: ReadReport) -> list[Observation]:
         """Split a record with its generation's header and map it to observations."""
-        if raw.duplicate_of is not None:
-            raise InvalidValue(f"duplicate of line {raw.duplicate_of}")
         generation = self._generations[raw.generation]
         text = raw.raw_text
         if text is None:
@@ -585,8 +596,7 @@ class CsvSource(Source):
         if generation.fields.missing:
             raise InvalidValue("; ".join(generation.fields.missing.values()))
         external_id, name, value, timestamp = (
-            values[at].strip() if at is not None else ""
-            for at in generation.positions(self.columns)
+            values[at].strip() if at is not None else "" for at in generation.positions
         )
         if not external_id:
             raise InvalidValue(f"missing {self.columns[0]}")
