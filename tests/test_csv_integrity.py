@@ -9,11 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro.etl import pipeline
-from kasparro.etl.load import insert_raw
-from kasparro.etl.runs import fail_run, start_run
-from kasparro.etl.sources import get_source
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecord, UnifiedRecord
+from tests.conftest import store_without_loading
 from tests.csv_files import (
     CSV1_HEADER,
     loaded_values,
@@ -94,15 +92,6 @@ def test_rows_waiting_from_a_replaced_file_are_read_with_their_own_header(app, r
 
     assert (run.status, run.rejected) == ("SUCCESS", 0)
     assert loaded_values("csv1") == {"bitcoin": "5", "ethereum": "7"}
-
-
-def store_without_loading(source: str, settings) -> None:
-    """Store what ``source`` reads as raw rows only, as a version that loaded them later did."""
-    run_id = start_run(db.session, source, "cli", settings)
-    reader = get_source(source, settings)
-    insert_raw(db.session, reader.raw_model, list(reader.read(db.session, None)), run_id)
-    db.session.commit()
-    fail_run(db.session, run_id, RuntimeError("stopped before loading"))
 
 
 def test_rows_stored_but_not_loaded_are_loaded_before_anything_new(app, run_etl, csv_paths):
