@@ -118,7 +118,7 @@ def insert_raw(
             insert.table.c.record_key, insert.table.c.id
         ),
     )
-    return {key: raw_id for key, raw_id in result}
+    return dict(result.tuples().all())
 
 
 @dataclass

@@ -15,8 +15,9 @@ import os
 import re
 import time
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -144,7 +145,9 @@ class Generation:
     header_hash: str
     fields: FieldMap
     encoding: str
-    positions: tuple[int | None, ...]  # where each expected field is in a row, if anywhere
+    # Picks the expected fields from a row with one empty field appended: a field the header
+    # lacks is picked from there.
+    pick: Callable[[list[str]], tuple[str, ...]]
 
     @classmethod
     def of(
@@ -157,8 +160,9 @@ class Generation:
     ) -> "Generation":
         """Return a generation that finds each ``expected`` field in the last column of its name."""
         last = {name: at for at, name in enumerate(header)}
-        positions = tuple(last.get(fields.found_as.get(name, name)) for name in expected)
-        return cls(header, header_hash, fields, encoding, positions)
+        absent = len(header)
+        pick = itemgetter(*(last.get(fields.found_as.get(name, name), absent) for name in expected))
+        return cls(header, header_hash, fields, encoding, pick)
 
 
 @dataclass(frozen=True)
@@ -595,9 +599,8 @@ class CsvSource(Source):
             raise InvalidValue(f"malformed row: expected {expected} fields, got {len(values)}")
         if generation.fields.missing:
             raise InvalidValue("; ".join(generation.fields.missing.values()))
-        external_id, name, value, timestamp = (
-            values[at].strip() if at is not None else "" for at in generation.positions
-        )
+        values.append("")
+        external_id, name, value, timestamp = map(str.strip, generation.pick(values))
         if not external_id:
             raise InvalidValue(f"missing {self.columns[0]}")
         names = self.coin_names(external_id, name)
