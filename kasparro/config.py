@@ -86,7 +86,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         project_path("data", "assets_seed.csv"),
         "asset identities used when CoinGecko is out of reach",
     ),
-    Setting("ETL_BATCH_SIZE", 1000, "rows per transaction in extract and transform", whole_number),
+    Setting(
+        "ETL_BATCH_SIZE",
+        5000,
+        "rows per transaction (one batch: raw, unified, checkpoint)",
+        whole_number,
+    ),
     Setting(
         "CSV_MAX_RECORD_BYTES",
         64 * 1024,

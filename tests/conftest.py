@@ -18,8 +18,10 @@ import sqlalchemy as sa
 from flask_migrate import upgrade
 
 from kasparro import create_app
+from kasparro.etl.load import insert_raw
 from kasparro.etl.pipeline import run_source
-from kasparro.etl.sources import SOURCES
+from kasparro.etl.runs import fail_run, start_run
+from kasparro.etl.sources import SOURCES, get_source
 from kasparro.etl.sources.csv_feed import CsvSource
 from kasparro.extensions import db
 from kasparro.models import Base
@@ -205,6 +207,15 @@ def table_counts(app):
         }
 
     return counts
+
+
+def store_without_loading(source: str, settings) -> None:
+    """Store what ``source`` reads as raw rows only, as a version that loaded them later did."""
+    run_id = start_run(db.session, source, "cli", settings)
+    reader = get_source(source, settings)
+    insert_raw(db.session, reader.raw_model, list(reader.read(db.session, None)), run_id)
+    db.session.commit()
+    fail_run(db.session, run_id, RuntimeError("stopped before loading"))
 
 
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))

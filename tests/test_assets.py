@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from kasparro.etl.assets import AssetResolver
+from kasparro.etl.assets import ANSWERS_KEPT, AssetResolver
 from kasparro.etl.sources.base import Observation
 from kasparro.extensions import db
 from kasparro.models import Asset, UnifiedRecord
@@ -324,3 +324,25 @@ def test_coingecko_ids_win_and_a_shared_name_is_narrowed_by_the_symbol(
     assert {run.status for run in runs.values()} <= {"SUCCESS", "PARTIAL"}
     assert resolved_rows("coingecko_api") == expected_coingecko
     assert resolved_rows("csv2") == expected_csv2
+
+
+def test_an_answer_kept_by_the_resolver_changes_when_it_learns_an_asset():
+    resolver = AssetResolver([("uniswap", "uni", "Uniswap")])
+    fields = {"external_id": "e", "metric": "price_usd", "value": 1, "timestamp": None}
+    by_symbol = Observation(**fields, symbol="UNI")
+    by_name = Observation(**fields, name="Solana")
+    assert (resolver.resolve(by_symbol), resolver.resolve(by_name)) == ("uniswap", None)
+
+    resolver.add("universe-token", "uni", "Universe")  # the ticker is now shared
+    resolver.add("solana", "sol", "Solana")
+
+    assert (resolver.resolve(by_symbol), resolver.resolve(by_name)) == (None, "solana")
+
+
+def test_the_resolvers_kept_answers_stay_bounded_whatever_the_feed_names():
+    resolver = AssetResolver([("bitcoin", "btc", "Bitcoin")])
+    fields = {"external_id": "e", "metric": "price_usd", "value": 1, "timestamp": None}
+    for i in range(ANSWERS_KEPT + 50):
+        assert resolver.resolve(Observation(**fields, name=f"Coin {i}")) is None
+    assert len(resolver._answers) <= ANSWERS_KEPT
+    assert resolver.resolve(Observation(**fields, name="BITCOIN")) == "bitcoin"

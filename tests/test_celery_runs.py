@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import celeryconfig
-from kasparro.etl.pipeline import extract, run_source, transform_and_upsert
+from kasparro.etl.pipeline import extract, run_source
 from kasparro.etl.runs import RunAbandoned, SourceBusy, fail_run, start_run
 from kasparro.etl.sources import SOURCES
 from kasparro.extensions import db
@@ -258,13 +258,14 @@ def test_celery_settings_make_redelivery_safe():
 
 def test_a_run_closed_as_abandoned_cannot_commit_another_batch(app, run_etl, csv_paths):
     abandoned = start_run(db.session, "csv1", "cli", app.config)
-    report = extract(db.session, abandoned, app.config)
     db.session.get(EtlRun, abandoned).heartbeat_at -= timedelta(hours=1)
     db.session.commit()
     successor = run_etl("csv1")["csv1"]  # takes over: closes the silent run as FAILED
+    with open(csv_paths["CSV1_PATH"], "a", encoding="utf-8") as feed:
+        feed.write("newcoin,Newcoin,1.5,2025-12-28T00:00:00Z\n")
 
     with pytest.raises(RunAbandoned):
-        transform_and_upsert(db.session, abandoned, report, app.config)
+        extract(db.session, abandoned, app.config)  # the silent run wakes up, with a batch
     fail_run(db.session, abandoned, RunAbandoned("late"))
 
     assert successor.status == "SUCCESS"

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from kasparro.etl import pipeline
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecord, UnifiedRecord
+from tests.conftest import store_without_loading
 from tests.csv_files import (
     CSV1_HEADER,
     loaded_values,
@@ -34,12 +35,17 @@ def rows(*lines: tuple[str, str]) -> str:
 
 
 @pytest.mark.parametrize(
-    "failure",
-    ["csv1:before_load", "csv1:after_rows:3", "csv1:on_commit"],
+    ("failure", "headers"),
+    [
+        # A batch that fails leaves nothing, not even its raw rows or its generation.
+        ("csv1:before_load", ["value", "value"]),
+        ("csv1:after_rows:3", ["value", "Value", "value"]),  # the first batch was committed
+        ("csv1:on_commit", ["value", "value"]),
+    ],
     ids=["before-any-batch", "after-one-batch", "at-commit"],
 )
 def test_a_file_replaced_twice_with_a_failure_in_between_ends_with_the_final_files_rows(
-    app, run_etl, csv_paths, failure
+    app, run_etl, csv_paths, failure, headers
 ):
     path = csv_paths["CSV1_PATH"]
     app.config["ETL_BATCH_SIZE"] = 2
@@ -63,15 +69,15 @@ def test_a_file_replaced_twice_with_a_failure_in_between_ends_with_the_final_fil
     generations = db.session.scalars(
         sa.select(RawCsvRecord.generation).distinct().order_by(RawCsvRecord.generation)
     ).all()
-    assert len(generations) == 3
-    headers = dict(
+    assert len(generations) == len(headers)
+    known = dict(
         db.session.execute(
             sa.select(CsvGeneration.generation, CsvGeneration.header).where(
                 CsvGeneration.source == "csv1"
             )
         ).all()
     )
-    assert [headers[g][2] for g in generations] == ["value", "Value", "value"]
+    assert [known[g][2] for g in generations] == headers
     again = run_etl("csv1")["csv1"]
     assert (again.status, again.rows_read, again.inserted, again.updated) == ("SUCCESS", 0, 0, 0)
 
@@ -79,15 +85,31 @@ def test_a_file_replaced_twice_with_a_failure_in_between_ends_with_the_final_fil
 def test_rows_waiting_from_a_replaced_file_are_read_with_their_own_header(app, run_etl, csv_paths):
     path = csv_paths["CSV1_PATH"]
     write(path, "timestamp,value,id,name\n" + f"{TS},5,bitcoin,Bitcoin\n")
-    app.config["ETL_INJECT_FAILURE"] = "csv1:before_load"
-    assert run_etl("csv1")["csv1"].status == "FAILED"
-    app.config["ETL_INJECT_FAILURE"] = ""
+    store_without_loading("csv1", app.config)
     write(path, CSV1_HEADER + rows(("ethereum", 7)))
 
     run = run_etl("csv1")["csv1"]
 
     assert (run.status, run.rejected) == ("SUCCESS", 0)
     assert loaded_values("csv1") == {"bitcoin": "5", "ethereum": "7"}
+
+
+def test_rows_stored_but_not_loaded_are_loaded_before_anything_new(app, run_etl, csv_paths):
+    path = csv_paths["CSV1_PATH"]
+    write(path, CSV1_HEADER + rows(("bitcoin", 5), ("ethereum", 6)))
+    store_without_loading("csv1", app.config)
+    write(path, rows(("solana", 7)), mode="a")
+    app.config["ETL_BATCH_SIZE"] = 1
+
+    run = run_etl("csv1")["csv1"]
+
+    assert (run.status, run.rows_read, run.inserted) == ("SUCCESS", 1, 3)
+    assert loaded_values("csv1") == {"bitcoin": "5", "ethereum": "6", "solana": "7"}
+    checkpoint = db.session.get(Checkpoint, "csv1")
+    newest = db.session.scalar(sa.select(sa.func.max(RawCsvRecord.id)))
+    assert checkpoint.last_raw_id == newest
+    again = run_etl("csv1")["csv1"]
+    assert (again.rows_read, again.inserted, again.updated) == (0, 0, 0)
 
 
 # 2. An edit above the checkpoint is seen.

@@ -143,7 +143,9 @@ def test_injected_failure_mid_load_keeps_checkpoint_and_next_run_completes(
     assert (again.rows_read, again.inserted) == (0, 0)
 
 
-def test_failure_after_some_batches_keeps_checkpoint_with_committed_rows(app, run_etl):
+def test_failure_after_some_batches_keeps_checkpoint_with_committed_rows(
+    app, run_etl, table_counts
+):
     app.config.update(ETL_BATCH_SIZE=4, ETL_INJECT_FAILURE="csv1:after_rows:9")
 
     failed = run_etl("csv1")["csv1"]
@@ -152,6 +154,7 @@ def test_failure_after_some_batches_keeps_checkpoint_with_committed_rows(app, ru
     checkpoint = db.session.get(Checkpoint, "csv1")
     loaded = len(unified_keys("csv1"))
     assert loaded == 8 == failed.inserted
+    assert table_counts()["raw_csv_records"] == 8  # the third batch left no raw row either
     assert checkpoint.cursor["line"] == 9  # header plus the eight committed rows
 
     app.config["ETL_INJECT_FAILURE"] = ""
@@ -160,15 +163,17 @@ def test_failure_after_some_batches_keeps_checkpoint_with_committed_rows(app, ru
     assert len(unified_keys("csv1")) == 14
 
 
-def test_failure_on_commit_leaves_no_trace_but_the_failed_run(app, run_etl, table_counts):
-    app.config["ETL_INJECT_FAILURE"] = "csv2:on_commit"
+@pytest.mark.parametrize("failure", ["csv2:after_rows:1", "csv2:on_commit"])
+def test_a_batch_that_fails_leaves_none_of_its_rows(app, run_etl, table_counts, failure):
+    # Raw rows, unified rows, rejections and the checkpoint of a batch commit together.
+    app.config["ETL_INJECT_FAILURE"] = failure
 
     failed = run_etl("csv2")["csv2"]
 
     assert failed.status == "FAILED"
     counts = table_counts()
-    assert counts["unified_records"] == counts["rejected_records"] == counts["checkpoints"] == 0
-    assert counts["raw_csv2_records"] == 16  # extracted, waiting for the next transform
+    assert counts["raw_csv2_records"] == counts["unified_records"] == 0
+    assert counts["rejected_records"] == counts["checkpoints"] == counts["csv_generations"] == 0
     app.config["ETL_INJECT_FAILURE"] = ""
     resumed = run_etl("csv2")["csv2"]
     assert (resumed.status, resumed.inserted, resumed.rejected) == ("PARTIAL", 12, 4)

@@ -23,6 +23,7 @@ from kasparro.extensions import db
 from kasparro.models import Checkpoint, EtlRun, UnifiedRecord
 from tasks.maintenance import retention
 from tests.coingecko_imitation import BASE_TIME, make_coins
+from tests.conftest import store_without_loading
 
 ALL_KEPT = {
     "RETENTION_RAW_DAYS_COINGECKO_API": 0,
@@ -114,8 +115,7 @@ def test_raw_rows_not_transformed_yet_are_kept_whatever_their_age(
     run_etl("coingecko_api")
     covered = raw_ids("coingecko_api")
     add_fresh_input("coingecko_api", coingecko, csv_paths, count=3)
-    run_id = start_run(db.session, "coingecko_api", "cli", app.config)
-    read = extract(db.session, run_id, app.config)  # extracted, not transformed yet
+    store_without_loading("coingecko_api", app.config)
     waiting = raw_ids("coingecko_api")[len(covered) :]
     age_raw_rows("coingecko_api", row_age_days)
 
@@ -124,7 +124,7 @@ def test_raw_rows_not_transformed_yet_are_kept_whatever_their_age(
     assert report.raw == {"coingecko_api": len(covered)}
     assert raw_ids("coingecko_api") == waiting
     before = unified_count()
-    assert transform_and_upsert(db.session, run_id, read, app.config) == "SUCCESS"
+    assert run_etl("coingecko_api")["coingecko_api"].status == "SUCCESS"
     assert unified_count() == before + 3 * 3  # the kept rows are loaded: price, cap, volume
 
 

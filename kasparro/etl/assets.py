@@ -13,6 +13,8 @@ from kasparro.etl.load import insert_many
 from kasparro.etl.sources.base import KnownAsset, Observation
 from kasparro.models import Asset
 
+ANSWERS_KEPT = 10_000
+
 
 class AssetResolver:
     """Resolve by an id the source gives, then an exact name, then a symbol only one coin has.
@@ -25,6 +27,8 @@ class AssetResolver:
         self._symbols: dict[str, str] = {}
         self._by_name: dict[str, set[str]] = defaultdict(set)
         self._by_symbol: dict[str, set[str]] = defaultdict(set)
+        # A feed names the same few coins again and again: each answer is kept until an add.
+        self._answers: dict[tuple[str | None, str | None, str | None], str | None] = {}
         for asset_id, symbol, name in assets:
             self.add(asset_id, symbol, name)
 
@@ -35,12 +39,21 @@ class AssetResolver:
 
     def add(self, asset_id: str, symbol: str, name: str) -> None:
         """Learn one asset."""
+        self._answers.clear()
         self._symbols[asset_id] = symbol.strip().upper()
         self._by_name[name.strip().lower()].add(asset_id)
         self._by_symbol[symbol.strip().lower()].add(asset_id)
 
     def resolve(self, observation: Observation) -> str | None:
         """Return the canonical id of the observed coin, or None when it is unknown or ambiguous."""
+        key = (observation.asset_hint, observation.symbol, observation.name)
+        if key not in self._answers:
+            if len(self._answers) >= ANSWERS_KEPT:  # memory stays bounded whatever the feed
+                self._answers.clear()
+            self._answers[key] = self._resolve(observation)
+        return self._answers[key]
+
+    def _resolve(self, observation: Observation) -> str | None:
         if observation.asset_hint in self._symbols:
             return observation.asset_hint
         symbol = (observation.symbol or "").strip().lower()

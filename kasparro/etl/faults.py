@@ -1,7 +1,7 @@
 """Failure injection: make a named source fail at a chosen point, to prove clean resumes.
 
-``crash`` kills the process running the transform with SIGKILL, as the kernel's out-of-memory
-killer would: no exception, no cleanup, no acknowledgement.
+``crash`` kills the process about to load the first batch with SIGKILL, as the kernel's
+out-of-memory killer would: no exception, no cleanup, no acknowledgement.
 """
 
 import os

@@ -37,7 +37,8 @@ def insert_many(
     belongs to the connection and is emptied at every commit. SQLite takes the rows as a
     multi-row VALUES.
     """
-    insert = insert_for(session)(model)
+    # On the table, not the mapped class: the ORM's bulk machinery would cost more than the COPY.
+    insert = insert_for(session)(model.__table__)
     if session.get_bind().dialect.name != "postgresql":
         return session.execute(finish(insert), rows)
     columns = list(rows[0])
@@ -69,7 +70,7 @@ def _stage(
                 for row in rows:
                     copy.write_row(
                         [
-                            json.dumps(row[column]) if column in json_columns else row[column]
+                            _json(row[column]) if column in json_columns else row[column]
                             for column in columns
                         ]
                     )
@@ -85,15 +86,19 @@ def _stage(
     return sa.table(name, *(sa.column(column, table.c[column].type) for column in columns))
 
 
+def _json(value: Any) -> str:
+    return "null" if value is None else json.dumps(value)  # a CSV record has no payload
+
+
 def insert_raw(
     session: Session, model: type[RawRecordMixin], rows: list[RawRow], run_id: int
-) -> set[str]:
-    """Insert raw rows not stored yet, in one statement; return the keys that were new."""
+) -> dict[str, int]:
+    """Insert raw rows not stored yet, in one statement; return the new ones' ids by key."""
     unique: dict[str, RawRow] = {}
     for row in rows:
         unique.setdefault(row.record_key, row)
     if not unique:
-        return set()
+        return {}
     now = utcnow()
     values = [
         {
@@ -110,10 +115,10 @@ def insert_raw(
         model,
         values,
         lambda insert: insert.on_conflict_do_nothing(index_elements=["record_key"]).returning(
-            model.record_key
+            insert.table.c.record_key, insert.table.c.id
         ),
     )
-    return set(result.scalars())
+    return dict(result.tuples().all())
 
 
 @dataclass
@@ -145,7 +150,7 @@ def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts
             index_elements=list(UNIFIED_KEY),
             set_={col: insert.excluded[col] for col in (*UNIFIED_TRACKED, "run_id", "raw_id")},
             where=sa.or_(*changed),
-        ).returning(UnifiedRecord.ingested_at)
+        ).returning(table.c.ingested_at)
 
     written = insert_many(session, UnifiedRecord, list(latest.values()), upsert).scalars().all()
     inserted = sum(1 for ingested_at in written if ingested_at == stamp)
@@ -167,6 +172,6 @@ def insert_rejections(session: Session, rows: list[dict[str, Any]]) -> int:
         rows,
         lambda insert: insert.on_conflict_do_nothing(
             index_elements=["source", "record_key"]
-        ).returning(RejectedRecord.id),
+        ).returning(insert.table.c.id),
     )
     return len(result.scalars().all())

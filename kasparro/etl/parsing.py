@@ -16,6 +16,10 @@ _AMOUNT = re.compile(
         \s*(?:USD)?$""",
     re.VERBOSE | re.IGNORECASE,
 )
+# Most feeds write plain decimals, already within the limits below: those need no other check.
+_PLAIN_AMOUNT = re.compile(
+    rf"(?:0|[1-9]\d{{0,{MAX_DIGITS_BEFORE_POINT - 1}}})(?:\.\d{{1,{MAX_DIGITS_AFTER_POINT}}})?"
+)
 _SLASH_DATE = re.compile(
     r"^(?P<a>\d{1,2})/(?P<b>\d{1,2})/(?P<year>\d{4})(?:[ T](?P<time>\d{1,2}:\d{2}(?::\d{2})?))?$"
 )
@@ -38,6 +42,8 @@ def parse_amount(raw: object) -> Decimal:
         # repr() is the shortest text that round-trips, i.e. the number as the JSON wrote it.
         value = _decimal(repr(raw))
     elif isinstance(raw, str):
+        if _PLAIN_AMOUNT.fullmatch(raw):
+            return Decimal(raw)
         value = _parse_amount_text(raw)
     else:
         raise InvalidValue(f"not a number: {type(raw).__name__}")

@@ -1,14 +1,15 @@
-"""The two stages of a run, as plain functions: extract into raw, then transform and upsert.
+"""The two stages of a run, as plain functions: extract and load, then finish.
 
-Each stage commits batch by batch. The transform moves the checkpoint in the same transaction as
-the unified rows and rejections of its batch, so a crash anywhere leaves the checkpoint at or
-behind the data, and the next run resumes from it.
+The extract reads the source and loads each batch as it reads it: the batch's raw rows, its
+unified rows and rejections, and the checkpoint that covers them commit in one transaction, so
+a crash anywhere leaves all of them or none, and the next run resumes from the checkpoint. The
+second stage loads raw rows that an earlier version stored without loading, then finishes the
+run.
 """
 
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from itertools import islice
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -19,43 +20,30 @@ from kasparro.etl.assets import AssetResolver, read_seed, upsert_assets
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
 from kasparro.etl.parsing import InvalidValue, check_text, storable
+from kasparro.etl.read_ahead import read_ahead
 from kasparro.etl.runs import fail_run, finish_run, heartbeat_or_abandon, start_run
 from kasparro.etl.sources import get_source
-from kasparro.etl.sources.base import Observation, ReadReport, Source
+from kasparro.etl.sources.base import Observation, RawRow, ReadReport, Source
 from kasparro.etl.versions import record_change
 from kasparro.models import Checkpoint, EtlRun, RejectedRecord, RunStatus, UnifiedRecord
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Yield lists of up to ``size`` items, reading ``items`` lazily."""
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
 
 
 def extract(session: Session, run_id: int, settings: dict[str, Any]) -> ReadReport:
-    """Read the source past its checkpoint into its raw table; return what the transform needs."""
+    """Read the source past what is stored, loading each batch as it is read; return the report.
+
+    A batch's raw rows, its unified rows and rejections and the checkpoint that covers them
+    commit in one transaction, from the rows in memory: nothing is read back. Raw rows stored
+    but not loaded yet (by an earlier version, which loaded in a second pass) are loaded first
+    by ``transform_and_upsert``: until then this stage only stores what it reads.
+    """
     run = session.get_one(EtlRun, run_id)
     source = get_source(run.source, settings)
-    checkpoint = session.get(Checkpoint, run.source)
-    transformed_up_to = checkpoint.last_raw_id if checkpoint else 0
-    model = source.raw_model
-    for batch in batched(source.read(session, checkpoint), settings["ETL_BATCH_SIZE"]):
-        new_keys = insert_raw(session, model, batch, run_id)
-        stored_keys = {row.record_key for row in batch} - new_keys
-        if stored_keys:
-            # Already stored and already transformed means the record has not changed.
-            run.unchanged += session.scalar(
-                sa.select(sa.func.count())
-                .select_from(model)
-                .where(model.record_key.in_(stored_keys), model.id <= transformed_up_to)
-            )
-        run.rows_read += len(batch)
-        heartbeat_or_abandon(session, run)
-        session.commit()
+    loader = BatchLoader(session, run, source, settings)
+    with read_ahead(source.read(session, loader.checkpoint), settings["ETL_BATCH_SIZE"]) as read:
+        for batch in read:
+            loader.store(batch)
     report = source.report()
     _record_read(session, run, report)
     log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
@@ -83,53 +71,109 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
 def transform_and_upsert(
     session: Session, run_id: int, report: ReadReport, settings: dict[str, Any]
 ) -> RunStatus:
-    """Turn raw rows past the checkpoint into unified rows, batch by batch; finish the run."""
+    """Load raw rows stored but not loaded yet, batch by batch; finish the run."""
     run = session.get_one(EtlRun, run_id)
     source = get_source(run.source, settings)
-    failure = FailurePlan.parse(settings["ETL_INJECT_FAILURE"])
-    if failure:
-        failure.check(run.source, "before_load")
-        failure.check(run.source, "crash")
-    checkpoint = session.get(Checkpoint, run.source) or Checkpoint(
-        source=run.source, cursor={}, last_raw_id=0
-    )
+    loader = BatchLoader(session, run, source, settings)
     model = source.raw_model
-    resolver = None
-    processed = 0
     # Plain rows, not ORM objects: a raw record is only read here, never changed.
-    columns = model.__table__.c
+    columns = source.raw_columns()
     while raws := session.execute(
         sa.select(*columns)
-        .where(columns.id > checkpoint.last_raw_id)
-        .order_by(columns.id)
+        .where(model.id > loader.checkpoint.last_raw_id)
+        .order_by(model.id)
         .limit(settings["ETL_BATCH_SIZE"])
     ).all():
-        if resolver is None:  # an unchanged source never gets here: it costs one query
-            upsert_assets(session, read_seed(settings["ASSETS_SEED_PATH"]), origin="seed")
-            resolver = AssetResolver.load(session)
-        unified, rejections = _transform_batch(session, source, run, raws, report, resolver)
-        processed += len(raws)
-        if failure:
-            failure.check(run.source, "after_rows", processed)
+        loader.check_failure("before_load")
+        loader.load(raws, report)
+    heartbeat_or_abandon(session, run)
+    status = RunStatus.PARTIAL if run.rejected or report.incomplete else RunStatus.SUCCESS
+    return finish_run(session, run, status, loader.checkpoint.cursor, report.incomplete)
+
+
+class BatchLoader:
+    """Loads batches of stored raw rows of one run: unified rows, rejections and checkpoint."""
+
+    def __init__(self, session: Session, run: EtlRun, source: Source, settings: dict[str, Any]):
+        self.session, self.run, self.source, self.settings = session, run, source, settings
+        self.failure = FailurePlan.parse(settings["ETL_INJECT_FAILURE"])
+        self.checkpoint = session.get(Checkpoint, run.source) or Checkpoint(
+            source=run.source, cursor={}, last_raw_id=0
+        )
+        self.resolver: AssetResolver | None = None
+        self.processed = 0
+        self.loaded_up_to = self.checkpoint.last_raw_id  # when the run began
+        model = source.raw_model
+        waiting = sa.select(model.id).where(model.id > self.loaded_up_to).limit(1)
+        self.left_over = session.scalar(waiting) is not None
+
+    def store(self, batch: list[RawRow]) -> None:
+        """Store a batch as read and load its new records, in one transaction.
+
+        With raw rows left over from an earlier version, the batch is only stored: loading it
+        now would move the checkpoint past them.
+        """
+        session, run, model = self.session, self.run, self.source.raw_model
+        if not self.left_over:
+            self.check_failure("before_load")
+        new = insert_raw(session, model, batch, run.id)
+        stored_keys = {row.record_key for row in batch} - set(new)
+        if stored_keys:
+            # Already stored and already loaded means the record has not changed.
+            run.unchanged += session.scalar(
+                sa.select(sa.func.count())
+                .select_from(model)
+                .where(model.record_key.in_(stored_keys), model.id <= self.loaded_up_to)
+            )
+        run.rows_read += len(batch)
+        raws = sorted(
+            (
+                SimpleNamespace(id=raw_id, record_key=row.record_key, payload=row.payload,
+                                **row.columns)
+                for row in batch
+                if (raw_id := new.get(row.record_key)) is not None
+            ),
+            key=lambda raw: raw.id,
+        )  # fmt: skip
+        if raws and not self.left_over:
+            self.load(raws, self.source.report())
+        else:
+            heartbeat_or_abandon(session, run)
+            session.commit()
+
+    def check_failure(self, point: str) -> None:
+        """Fail here if the run's failure plan says so (before anything is loaded: crash too)."""
+        if self.failure and not self.processed:
+            self.failure.check(self.run.source, point)
+            self.failure.check(self.run.source, "crash")
+
+    def load(self, raws: list[Any], report: ReadReport) -> None:
+        """Transform and upsert ``raws`` (in id order), move the checkpoint past them, commit."""
+        session, run, source = self.session, self.run, self.source
+        if self.resolver is None:  # an unchanged source never gets here: it costs one query
+            upsert_assets(session, read_seed(self.settings["ASSETS_SEED_PATH"]), origin="seed")
+            self.resolver = AssetResolver.load(session)
+        unified, rejections = _transform_batch(session, source, run, raws, report, self.resolver)
+        self.processed += len(raws)
+        if self.failure:
+            self.failure.check(run.source, "after_rows", self.processed)
         counts = upsert_unified(session, unified)
         run.inserted += counts.inserted
         run.updated += counts.updated
         run.unchanged += counts.unchanged
         run.rejected += insert_rejections(session, rejections)
+        checkpoint = self.checkpoint
         checkpoint.cursor = source.advance(checkpoint.cursor, raws, report)
         checkpoint.last_raw_id = raws[-1].id
         if unified:
             checkpoint.last_external_id = unified[-1]["external_id"]
-        checkpoint.run_id = run_id
+        checkpoint.run_id = run.id
         checkpoint.updated_at = utcnow()
         session.add(checkpoint)
         heartbeat_or_abandon(session, run)
-        if failure:
-            failure.check(run.source, "on_commit")
+        if self.failure:
+            self.failure.check(run.source, "on_commit")
         session.commit()
-    heartbeat_or_abandon(session, run)
-    status = RunStatus.PARTIAL if run.rejected or report.incomplete else RunStatus.SUCCESS
-    return finish_run(session, run, status, checkpoint.cursor, report.incomplete)
 
 
 def _transform_batch(
@@ -162,13 +206,15 @@ def _transform_batch(
     for asset in known:
         resolver.add(asset.id, asset.symbol, asset.name)
     unified: list[dict[str, Any]] = []
+    unresolved = 0
+    run_id, source_name = run.id, run.source  # a mapped attribute is slow to ask per row
     for raw, observations in accepted:
         for observation in observations:
             asset_id = resolver.resolve(observation)
-            run.unresolved += asset_id is None
+            unresolved += asset_id is None
             unified.append(
                 {
-                    "source": run.source,
+                    "source": source_name,
                     "external_id": observation.external_id,
                     "asset_id": asset_id,
                     "symbol": observation.symbol or resolver.symbol_of(asset_id),
@@ -177,10 +223,11 @@ def _transform_batch(
                     "value": observation.value,
                     "currency": observation.currency,
                     "timestamp": observation.timestamp,
-                    "run_id": run.id,
+                    "run_id": run_id,
                     "raw_id": raw.id,
                 }
             )
+    run.unresolved += unresolved
     return unified, rejections
 
 

@@ -132,7 +132,11 @@ class Source(ABC):
 
     @abstractmethod
     def read(self, session: Session, checkpoint: Checkpoint | None) -> Iterator[RawRow]:
-        """Yield every record past what is stored already as a raw row, usable or not."""
+        """Yield every record past what is stored already as a raw row, usable or not.
+
+        The session may be used until the first record is yielded, not after: the rest of the
+        read runs in another thread while batches load.
+        """
 
     @abstractmethod
     def report(self) -> ReadReport:
@@ -155,6 +159,10 @@ class Source(ABC):
     def prepare(self, session: Session, raws: list[RawRecordMixin]) -> None:
         """Load what turning ``raws`` into observations needs beyond the rows themselves."""
         return None  # most sources need nothing beyond the rows
+
+    def raw_columns(self) -> list[Any]:
+        """Return what the transform selects of a raw row: every column, unless told less."""
+        return list(self.raw_model.__table__.c)
 
     def duplicates(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
         """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""

@@ -15,8 +15,9 @@ import os
 import re
 import time
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -144,6 +145,24 @@ class Generation:
     header_hash: str
     fields: FieldMap
     encoding: str
+    # Picks the expected fields from a row with one empty field appended: a field the header
+    # lacks is picked from there.
+    pick: Callable[[list[str]], tuple[str, ...]]
+
+    @classmethod
+    def of(
+        cls,
+        expected: tuple[str, ...],
+        header: list[str],
+        header_hash: str,
+        fields: FieldMap,
+        encoding: str,
+    ) -> "Generation":
+        """Return a generation that finds each ``expected`` field in the last column of its name."""
+        last = {name: at for at, name in enumerate(header)}
+        absent = len(header)
+        pick = itemgetter(*(last.get(fields.found_as.get(name, name), absent) for name in expected))
+        return cls(header, header_hash, fields, encoding, pick)
 
 
 @dataclass(frozen=True)
@@ -267,7 +286,9 @@ class CsvSource(Source):
             for record in self._records(handle, prefix, line):
                 if number is None:  # numbered only once there is a record to keep
                     number = self._new_generation(
-                        session, resume, Generation(header, header_hash, self._fields, encoding)
+                        session,
+                        resume,
+                        Generation.of(self.columns, header, header_hash, self._fields, encoding),
                     )
                 yield self._raw_row(record, number, encoding)
 
@@ -351,8 +372,9 @@ class CsvSource(Source):
     def _records(self, handle: BinaryIO, prefix, line: int) -> Iterator[Record]:
         """Frame records from the handle's position; stop at one whose end is not written yet."""
         self._pending = None
+        position = handle.tell()  # kept by counting: asking the file for it costs a system call
         while True:
-            start = handle.tell()
+            start = position
             first = handle.readline(self.limit + 1)
             if not first:
                 return
@@ -361,8 +383,10 @@ class CsvSource(Source):
                 if record is None:
                     return
                 line += 1
+                position = handle.tell()
                 yield record
                 continue
+            position = start + len(first)
             if not first.endswith(b"\n") and not self._complete_at_end(handle):
                 reason = OPEN_QUOTE if ends_in_quotes(first) else NO_LINE_END
                 self._pending = Pending(line=line + 1, bytes=len(first), reason=reason)
@@ -372,6 +396,7 @@ class CsvSource(Source):
                 data, lines = self._quoted(handle, first, start, line + 1)
                 if data is None:
                     return
+                position = handle.tell()
             prefix.update(data)
             line += lines
             if data.strip():  # a blank line is not a record
@@ -499,8 +524,8 @@ class CsvSource(Source):
                 if row.fields is not None
                 else self._match_header(row.header)
             )
-            self._generations[row.generation] = Generation(
-                row.header, row.header_hash, fields, row.encoding
+            self._generations[row.generation] = Generation.of(
+                self.columns, row.header, row.header_hash, fields, row.encoding
             )
 
     def advance(self, cursor: dict, raws: list[RawCsvRecordMixin], report: ReadReport) -> dict:
@@ -527,22 +552,32 @@ class CsvSource(Source):
         encoding = self._generations[raw.generation].encoding
         return f"line {raw.line_no}", (raw.raw_bytes or b"").decode(encoding, "backslashreplace")
 
+    def raw_columns(self) -> list[Any]:
+        """Return the columns a stored CSV record is read back with: its text, not a payload."""
+        unread = {"payload", "received_at", "run_id"}
+        return [column for column in self.raw_model.__table__.c if column.name not in unread]
+
     def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
-        """Find rows whose text repeats an earlier row of the same file generation."""
-        model = self.raw_model
-        first_lines = {
-            (generation, digest): line
-            for generation, digest, line in session.execute(
-                sa.select(model.generation, model.content_hash, sa.func.min(model.line_no))
-                .where(model.content_hash.in_({raw.content_hash for raw in raws}))
-                .group_by(model.generation, model.content_hash)
+        """Find the records of ``raws`` (stored, in id order) that repeat an earlier line's text.
+
+        Earlier means an earlier line of the same generation, stored before or in this batch:
+        one index probe per record, and only the duplicates come back.
+        """
+        row, earlier = self.raw_model.__table__, self.raw_model.__table__.alias("earlier")
+        found = session.execute(
+            sa.select(row.c.id, sa.func.min(earlier.c.line_no))
+            .join(
+                earlier,
+                sa.and_(
+                    earlier.c.content_hash == row.c.content_hash,
+                    earlier.c.generation == row.c.generation,
+                    earlier.c.line_no < row.c.line_no,
+                ),
             )
-        }
-        return {
-            raw.id: f"duplicate of line {first}"
-            for raw in raws
-            if (first := first_lines[(raw.generation, raw.content_hash)]) < raw.line_no
-        }
+            .where(row.c.id.between(raws[0].id, raws[-1].id))
+            .group_by(row.c.id)
+        )
+        return {raw_id: f"duplicate of line {line}" for raw_id, line in found}
 
     def observations(self, raw: RawCsvRecordMixin, report: ReadReport) -> list[Observation]:
         """Split a record with its generation's header and map it to observations."""
@@ -564,11 +599,8 @@ class CsvSource(Source):
             raise InvalidValue(f"malformed row: expected {expected} fields, got {len(values)}")
         if generation.fields.missing:
             raise InvalidValue("; ".join(generation.fields.missing.values()))
-        record = dict(zip(generation.header, values, strict=True))
-        fields = {
-            name: (generation.fields.get(record, name) or "").strip() for name in self.columns
-        }
-        external_id, name, value, timestamp = (fields[column] for column in self.columns)
+        values.append("")
+        external_id, name, value, timestamp = map(str.strip, generation.pick(values))
         if not external_id:
             raise InvalidValue(f"missing {self.columns[0]}")
         names = self.coin_names(external_id, name)
