@@ -131,7 +131,10 @@ def page_unified_records(session: Session, args: dict[str, Any]) -> RecordPage:
         page = None
     else:
         query = query.offset((page - 1) * page_size)
-    records = list(session.scalars(query))
+    # An exact total that ends before the page means no rows: a filter combination without
+    # records (csv2's prices) would otherwise walk every record of one filter to find none.
+    past_the_end = total <= (0 if page is None else (page - 1) * page_size)
+    records = [] if past_the_end and not total_is_estimate else list(session.scalars(query))
     next_cursor = encode_cursor(records[-1]) if len(records) == page_size else None
     return RecordPage(records, page, page_size, total, total_is_estimate, next_cursor)
 

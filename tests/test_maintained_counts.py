@@ -328,6 +328,25 @@ def test_totals_under_source_metric_and_asset_are_exact(client, run_etl, filters
     assert pagination["total_pages"] == -(-matching // 3)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/data?source=csv2&metric=price_usd",  # a combination with no records
+        "/data?source=csv1&page=9",  # past the last page
+        "/data?asset=nothing-of-the-kind",
+    ],
+)
+def test_a_page_past_an_exact_total_is_answered_without_reading_records(client, run_etl, url):
+    run_etl("csv1", "csv2")
+
+    statements = statements_of(client, url)
+    body = client.get(url).get_json()
+
+    assert body["data"] == []
+    assert body["pagination"]["total_is_estimate"] is False
+    assert not [sql for sql, _ in statements if "FROM unified_records" in sql]
+
+
 def test_unresolved_observations_count_under_no_asset(app, client):
     run_id = start_run(db.session, "csv1", "cli", app.config)
     rows = [observation(n, run_id=run_id) for n in range(12)]
