@@ -1,7 +1,14 @@
 """Bind a Celery app to the Flask app, following Flask's documented pattern."""
 
+import time
+import weakref
+
 from celery import Celery, Task
 from flask import Flask
+
+BROKER_ANSWER_SECONDS = 1.0
+# When each Celery app's broker last answered a ping (time.monotonic(), taken before the ping).
+_answered_at: weakref.WeakKeyDictionary[Celery, float] = weakref.WeakKeyDictionary()
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -36,12 +43,23 @@ def celery_init_app(app: Flask) -> Celery:
 
 
 def broker_reachable(celery_app: Celery) -> bool | None:
-    """Return whether the broker answers a ping within a second; None when there is no broker."""
+    """Return whether the broker answers a ping within a second; None when there is no broker.
+
+    An answer is trusted for BROKER_ANSWER_SECONDS: a ping opens a connection, and /health may
+    be asked for many times a second. So a broker that stops answering is reported reachable
+    for at most that long after its last answer; one that answers again is seen at once, as
+    "unreachable" is never reused.
+    """
     if celery_app.conf.task_always_eager:
         return None
+    now = time.monotonic()
+    answered = _answered_at.get(celery_app)
+    if answered is not None and now - answered < BROKER_ANSWER_SECONDS:
+        return True
     try:
         with celery_app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=0, timeout=1)
     except Exception:  # any failure to connect means "not connected", whatever the transport
         return False
+    _answered_at[celery_app] = now
     return True

@@ -5,8 +5,14 @@ on the event's values before rendering (so a secret-named key hides its value wh
 and on the rendered line (so a secret inside an object's text form, a dict key or bytes is found
 too). A secret also matches with its characters percent-encoded, as in a database or broker URL,
 or escaped, as JSON and ``repr`` write quotes, backslashes and non-ASCII characters.
+
+Every request writes an access line, so a line's cost is part of every answer's. structlog's own
+events are rendered by structlog and written straight to stderr: handing them to the standard
+library as records, to be formatted by its handler, took as long again. The standard library's
+records (Celery's, gunicorn's, other libraries') go through a handler with the same processors.
 """
 
+import functools
 import logging
 import re
 import sys
@@ -16,10 +22,12 @@ from typing import Any
 import structlog
 
 REDACTED = "[REDACTED]"
+_PLAIN = frozenset({bool, int, float})  # scrub leaves these as they are; most values are
 SENSITIVE_KEYS = ("authorization", "api_key", "password", "token", "secret")
 _HANDLER_NAME = "kasparro"
 
 
+@functools.lru_cache(maxsize=4096)  # a log line's keys are nearly always the same few
 def secret_named(key: Any) -> bool:
     """Return whether ``key`` names a secret (``api_key``, ``X-Api-Key``, ``db_password``...)."""
     if not isinstance(key, str):
@@ -63,13 +71,17 @@ class SecretRedactor:
         # other characters get escaped or percent-encoded), so a text holding none of these
         # runs holds no secret and needs no scan: most log lines, at a substring test's cost.
         runs = [max(re.findall(r"[A-Za-z0-9]+", s) or [""], key=len) for s in self.secrets]
-        self._markers = None if any(len(run) < 3 for run in runs) else tuple(runs)
+        self._markers = (
+            None if any(len(run) < 3 for run in runs) else re.compile("|".join(runs)).search
+        )
 
     def _may_hold_secret(self, text: str) -> bool:
-        return self._markers is None or any(marker in text for marker in self._markers)
+        return self._markers is None or self._markers(text) is not None
 
     def scrub(self, value: Any) -> Any:
         """Return ``value`` with every secret in it replaced."""
+        if value is None or type(value) in _PLAIN:
+            return value
         if isinstance(value, str):
             if self._pattern is None or not self._may_hold_secret(value):
                 return value
@@ -125,6 +137,41 @@ class _CurrentStderrHandler(logging.StreamHandler):
             pass
 
 
+class _StderrLogger:
+    """A structlog logger writing each rendered line to whatever ``sys.stderr`` is at the time.
+
+    It writes under the standard-library handler's lock, so that lines of both never interleave.
+    It carries the name ``structlog.get_logger`` was given, for ``add_logger_name``, and the
+    level of the standard-library logger of that name, for ``filter_by_level``.
+    """
+
+    def __init__(self, handler: logging.Handler, name: str | None = None):
+        self.handler = handler
+        self.name = name
+        self._levels = logging.getLogger(name)
+
+    @property
+    def disabled(self) -> bool:
+        """Return whether the standard-library logger of this name is disabled."""
+        return self._levels.disabled
+
+    def getEffectiveLevel(self) -> int:
+        """Return the level the standard-library logger of this name logs from."""
+        return self._levels.getEffectiveLevel()
+
+    def msg(self, message: str) -> None:
+        """Write one rendered line."""
+        with self.handler.lock:
+            try:
+                sys.stderr.write(message + "\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):  # stderr is closed or gone: nowhere left to write
+                pass
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     """Send structlog and standard-library logs through one redacting renderer to stderr."""
     redactor = SecretRedactor(secrets)
@@ -141,14 +188,14 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    handler = _CurrentStderrHandler(redactor)
+    handler.set_name(_HANDLER_NAME)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[structlog.stdlib.filter_by_level, *shared, renderer, redactor],
+        logger_factory=functools.partial(_StderrLogger, handler),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = _CurrentStderrHandler(redactor)
-    handler.set_name(_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

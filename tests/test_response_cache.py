@@ -11,7 +11,8 @@ from kasparro.etl.pipeline import extract
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import fail_run, start_run
 from kasparro.extensions import db
-from kasparro.models import UnifiedRecord
+from kasparro.models import DataVersion, UnifiedRecord
+from kasparro.routes.response_cache import VERSION_READ_SECONDS
 from tests.csv_files import write
 
 APPENDED = "solana,Solana,122.1,2025-12-28T00:00:00Z\ncardano,Cardano,0.36,2025-12-28T00:00:00Z\n"
@@ -41,15 +42,63 @@ def body(client, url: str) -> dict:
 
 
 @pytest.mark.parametrize("url", CACHED)
-def test_a_repeated_request_reads_only_the_data_version(client, run_etl, url):
+def test_repeated_requests_read_the_data_version_at_most_once_an_interval(client, run_etl, url):
     run_etl("csv1", "csv2")
     first = body(client, url)
+
+    started = time.monotonic()
+    with statements() as seen:
+        answers = [body(client, url) for _ in range(20)]
+    elapsed = time.monotonic() - started
+
+    assert all(answer == first for answer in answers)
+    assert all("data_versions" in statement for statement in seen)
+    assert len(seen) <= elapsed / VERSION_READ_SECONDS + 1
+
+
+@pytest.mark.parametrize("url", CACHED)
+def test_a_request_after_the_interval_reads_only_the_data_version(client, run_etl, url):
+    run_etl("csv1", "csv2")
+    first = body(client, url)
+    time.sleep(VERSION_READ_SECONDS)
 
     with statements() as seen:
         again = body(client, url)
 
     assert again == first
     assert len(seen) == 1 and "data_versions" in seen[0]
+
+
+def set_value_to_one(connection, record_id: int) -> None:
+    """Change one observation's value and move the data version, as the ETL would."""
+    connection.execute(
+        sa.update(UnifiedRecord).where(UnifiedRecord.id == record_id).values(value=1)
+    )
+    connection.execute(sa.update(DataVersion).values(version=DataVersion.version + 1))
+
+
+def test_a_commit_made_by_this_process_shows_at_once(client, run_etl):
+    run_etl("csv1")
+    before = body(client, CACHED[0])["data"][0]
+
+    set_value_to_one(db.session, before["id"])
+    db.session.commit()
+
+    assert before["value"] != "1"
+    assert body(client, CACHED[0])["data"][0]["value"] == "1"
+
+
+def test_a_commit_made_elsewhere_shows_once_the_version_interval_has_passed(client, run_etl):
+    """Another process's commit, here one made outside every session of this process."""
+    run_etl("csv1")
+    before = body(client, CACHED[0])["data"][0]
+
+    with db.engine.begin() as connection:  # no session: this process's sessions do not see it
+        set_value_to_one(connection, before["id"])
+    time.sleep(VERSION_READ_SECONDS)
+
+    assert before["value"] != "1"
+    assert body(client, CACHED[0])["data"][0]["value"] == "1"
 
 
 def test_each_answer_keeps_its_own_request_id(client, run_etl):
