@@ -15,7 +15,7 @@ blp = Blueprint("data", __name__, description="Unified market observations")
 
 
 @blp.route("/data")
-@blp.arguments(DataQuerySchema, location="query")
+@blp.arguments(DataQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, DataPageSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
 @blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")

@@ -13,7 +13,7 @@ MAX_RUN_ID = 2**31 - 1  # etl_runs.id is a 32-bit integer
 
 
 @blp.route("/runs")
-@blp.arguments(RunsQuerySchema, location="query")
+@blp.arguments(RunsQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, RunListSchema)
 @blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
 @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
