@@ -16,7 +16,12 @@ from kasparro.routes.response_cache import VERSION_READ_SECONDS
 from tests.csv_files import write
 
 APPENDED = "solana,Solana,122.1,2025-12-28T00:00:00Z\ncardano,Cardano,0.36,2025-12-28T00:00:00Z\n"
-CACHED = ["/data?page_size=5", "/data?source=csv1&metric=price_usd&page_size=3", "/stats"]
+CACHED = [
+    "/data?page_size=5",
+    "/data?source=csv1&metric=price_usd&page_size=3",
+    "/stats",
+    "/health",
+]
 
 
 @contextmanager
@@ -121,8 +126,10 @@ def test_a_run_that_loads_rows_makes_the_next_answer_fresh(client, run_etl, csv_
     assert after != before
     if url.startswith("/data"):
         assert after["pagination"]["total"] == before["pagination"]["total"] + 2
-    else:
+    elif url == "/stats":
         assert after["total_records"] == before["total_records"] + 2
+    else:
+        assert after["last_etl_run"]["records_processed"] == 2
 
 
 def test_a_run_that_changes_nothing_still_refreshes_the_run_history(client, run_etl):
@@ -188,6 +195,16 @@ def test_a_run_closed_without_a_batch_is_seen(app, client):
     fail_run(db.session, run_id, RuntimeError("stopped"))
 
     assert body(client, "/stats")["sources"]["csv1"]["last_status"] == "FAILED"
+
+
+def test_health_shows_a_run_that_failed_at_once(app, client):
+    run_id = start_run(db.session, "csv1", "cli", app.config)
+    assert body(client, "/health")["sources"]["csv1"]["status"] == "RUNNING"
+
+    fail_run(db.session, run_id, RuntimeError("stopped"))
+
+    health = body(client, "/health")
+    assert (health["status"], health["sources"]["csv1"]["status"]) == ("degraded", "FAILED")
 
 
 def test_a_write_made_outside_the_etl_shows_once_the_kept_answer_expires(settings, run_etl):
