@@ -1,5 +1,6 @@
 """Answers are kept until an ETL or retention commit may change them, and never served stale."""
 
+import pickle
 import time
 from contextlib import contextmanager
 
@@ -10,7 +11,7 @@ from kasparro import create_app
 from kasparro.etl.pipeline import extract
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import fail_run, start_run
-from kasparro.extensions import db
+from kasparro.extensions import cache, db
 from kasparro.models import DataVersion, UnifiedRecord
 from kasparro.routes.response_cache import VERSION_READ_SECONDS
 from tests.csv_files import write
@@ -224,3 +225,18 @@ def test_a_write_made_outside_the_etl_shows_once_the_kept_answer_expires(setting
         db.engine.dispose()
 
     assert before["value"] != "1" and after["value"] == "1"
+
+
+@pytest.mark.parametrize("url", ["/data?page_size=5", "/stats"])
+def test_an_answer_is_kept_as_its_json_text_and_served_with_its_own_meta(client, run_etl, url):
+    run_etl("csv1")
+    first = client.get(url, headers={"X-Request-ID": "first"})
+    second = client.get(url, headers={"X-Request-ID": "second"})
+
+    kept = [value for value in cache.cache._cache.values()]  # SimpleCache: (expiry, pickled)
+    assert any(isinstance(pickle.loads(value), str) for _, value in kept)
+    assert first.mimetype == second.mimetype == "application/json"
+    one, two = first.get_json(), second.get_json()
+    assert one.pop("meta", {}).get("request_id", "first") == "first"
+    assert two.pop("meta", {}).get("request_id", "second") == "second"
+    assert one == two

@@ -2,13 +2,13 @@
 
 import time
 
-from flask import current_app, g
+from flask import g
 from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor, page_unified_records
-from kasparro.routes.response_cache import cached_body
+from kasparro.routes.response_cache import kept_response
 from kasparro.schemas import RETRY_AFTER, DataPageSchema, DataQuerySchema
 
 blp = Blueprint("data", __name__, description="Unified market observations")
@@ -24,12 +24,13 @@ blp = Blueprint("data", __name__, description="Unified market observations")
 def list_data(args):
     """List observations, newest first, by page or by cursor."""
     started = time.perf_counter()
-    page = cached_body(lambda: PAGE_SCHEMA.dump(_page(args)))
-    meta = {
-        "request_id": g.request_id,
-        "api_latency_ms": round((time.perf_counter() - started) * 1000, 2),
-    }
-    return current_app.json.response({**page, "meta": meta})
+    return kept_response(
+        lambda: PAGE_SCHEMA.dump(_page(args)),
+        meta=lambda: {
+            "request_id": g.request_id,
+            "api_latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
 
 
 # The page without its per-request "meta": what may be kept and served again.

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 
 from kasparro.etl.versions import data_version
 from kasparro.extensions import cache, db
@@ -77,18 +77,37 @@ def init_response_cache(app: Flask) -> None:
     app.extensions[_EXTENSION] = DataVersionClock()
 
 
-def cached_body(compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Return the body computed for this URL at the current data version, computing it once.
+def cached_body(compute: Callable[[], Any]) -> Any:
+    """Return the value computed for this URL at the current data version, computing it once.
 
-    The version is read before the body, so a body is never older than the version it is
+    The version is read before the value, so a value is never older than the version it is
     kept under; one computed across a commit is newer, and is served until the version is
     read again.
     """
     # The query string as sent, byte for byte (parameter order included).
     query = request.query_string.decode("latin-1")
     key = f"{current_app.extensions[_EXTENSION].current()}:{request.path}?{query}"
-    body = cache.get(key)
-    if body is None:
-        body = compute()
-        cache.set(key, body)
-    return body
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value)
+    return value
+
+
+def kept_response(
+    compute: Callable[[], dict[str, Any]], meta: Callable[[], dict[str, Any]] | None = None
+) -> Response:
+    """Return the JSON response of the body kept for this URL, and ``meta()`` made for this request.
+
+    The body is kept as JSON text: a kept answer is neither rebuilt into objects nor encoded
+    again, which was most of its cost. ``meta()`` is asked once the body is there, and is
+    written in as the last key.
+    """
+    text = cached_body(lambda: _compact(compute()))
+    if meta is not None:
+        text = f'{text[:-1]},"meta":{_compact(meta())}}}'  # a body is never the empty object
+    return current_app.response_class(f"{text}\n", mimetype=current_app.json.mimetype)
+
+
+def _compact(value: Any) -> str:
+    return current_app.json.dumps(value, separators=(",", ":"))

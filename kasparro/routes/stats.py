@@ -1,12 +1,11 @@
 """``GET /stats``: per-source totals and run history."""
 
-from flask import current_app
 from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import source_stats
-from kasparro.routes.response_cache import cached_body
+from kasparro.routes.response_cache import kept_response
 from kasparro.schemas import RETRY_AFTER, StatsSchema
 
 blp = Blueprint("stats", __name__, description="Per-source statistics")
@@ -18,7 +17,7 @@ blp = Blueprint("stats", __name__, description="Per-source statistics")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_stats():
     """Report every source's records, runs, and last success and failure."""
-    return current_app.json.response(cached_body(lambda: STATS_SCHEMA.dump(_stats())))
+    return kept_response(lambda: STATS_SCHEMA.dump(_stats()))
 
 
 STATS_SCHEMA = StatsSchema()
