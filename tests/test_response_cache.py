@@ -14,6 +14,7 @@ from kasparro.etl.runs import fail_run, start_run
 from kasparro.extensions import cache, db
 from kasparro.models import DataVersion, UnifiedRecord
 from kasparro.routes.response_cache import VERSION_READ_SECONDS
+from kasparro.schemas import DataQuerySchema
 from tests.csv_files import write
 
 APPENDED = "solana,Solana,122.1,2025-12-28T00:00:00Z\ncardano,Cardano,0.36,2025-12-28T00:00:00Z\n"
@@ -240,3 +241,24 @@ def test_an_answer_is_kept_as_its_json_text_and_served_with_its_own_meta(client,
     assert one.pop("meta", {}).get("request_id", "first") == "first"
     assert two.pop("meta", {}).get("request_id", "second") == "second"
     assert one == two
+
+
+def test_a_kept_page_is_served_without_reading_its_arguments_again(client, run_etl, monkeypatch):
+    run_etl("csv1")
+    reads = []
+    load = DataQuerySchema.load
+
+    def counted(schema, *args, **kwargs):
+        reads.append(kwargs)
+        return load(schema, *args, **kwargs)
+
+    monkeypatch.setattr(DataQuerySchema, "load", counted)
+    first = client.get("/data?page_size=3&source=csv1", headers={"X-Request-ID": "one"})
+    again = client.get("/data?page_size=3&source=csv1", headers={"X-Request-ID": "two"})
+
+    assert len(reads) == 1
+    assert again.get_json()["data"] == first.get_json()["data"]
+    assert again.get_json()["meta"]["request_id"] == "two"
+    # A URL whose arguments are wrong is never kept: each request reads them, and is refused.
+    assert [client.get("/data?page_size=0").status_code for _ in range(2)] == [422, 422]
+    assert len(reads) == 3

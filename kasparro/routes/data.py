@@ -8,13 +8,21 @@ from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor, page_unified_records
-from kasparro.routes.response_cache import kept_response
+from kasparro.routes.response_cache import kept_first, kept_response
 from kasparro.schemas import RETRY_AFTER, DataPageSchema, DataQuerySchema
 
 blp = Blueprint("data", __name__, description="Unified market observations")
 
 
+def _meta(started: float) -> dict:
+    return {
+        "request_id": g.request_id,
+        "api_latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+
+
 @blp.route("/data")
+@kept_first(_meta)
 @blp.arguments(DataQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, DataPageSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
@@ -23,14 +31,7 @@ blp = Blueprint("data", __name__, description="Unified market observations")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_data(args):
     """List observations, newest first, by page or by cursor."""
-    started = time.perf_counter()
-    return kept_response(
-        lambda: PAGE_SCHEMA.dump(_page(args)),
-        meta=lambda: {
-            "request_id": g.request_id,
-            "api_latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        },
-    )
+    return kept_response(lambda: PAGE_SCHEMA.dump(_page(args)), _meta)
 
 
 # The page without its per-request "meta": what may be kept and served again.

@@ -18,6 +18,7 @@ what it read meanwhile. That bounds how long a kept answer outlives a commit tha
   overlapped is not reused.
 """
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -77,6 +78,12 @@ def init_response_cache(app: Flask) -> None:
     app.extensions[_EXTENSION] = DataVersionClock()
 
 
+def _key() -> str:
+    # The query string as sent, byte for byte (parameter order included).
+    query = request.query_string.decode("latin-1")
+    return f"{current_app.extensions[_EXTENSION].current()}:{request.path}?{query}"
+
+
 def cached_body(compute: Callable[[], Any]) -> Any:
     """Return the value computed for this URL at the current data version, computing it once.
 
@@ -84,9 +91,7 @@ def cached_body(compute: Callable[[], Any]) -> Any:
     kept under; one computed across a commit is newer, and is served until the version is
     read again.
     """
-    # The query string as sent, byte for byte (parameter order included).
-    query = request.query_string.decode("latin-1")
-    key = f"{current_app.extensions[_EXTENSION].current()}:{request.path}?{query}"
+    key = _key()
     value = cache.get(key)
     if value is None:
         value = compute()
@@ -94,18 +99,42 @@ def cached_body(compute: Callable[[], Any]) -> Any:
     return value
 
 
-def kept_response(
-    compute: Callable[[], dict[str, Any]], meta: Callable[[], dict[str, Any]] | None = None
-) -> Response:
-    """Return the JSON response of the body kept for this URL, and ``meta()`` made for this request.
+Meta = Callable[[float], dict[str, Any]]  # the per-request "meta", from when the request began
+
+
+def kept_response(compute: Callable[[], dict[str, Any]], meta: Meta | None = None) -> Response:
+    """Return the JSON response of the body kept for this URL, and ``meta`` made for this request.
 
     The body is kept as JSON text: a kept answer is neither rebuilt into objects nor encoded
-    again, which was most of its cost. ``meta()`` is asked once the body is there, and is
-    written in as the last key.
+    again, which was most of its cost. ``meta`` is made once the body is there, and is written
+    in as the last key.
     """
-    text = cached_body(lambda: _compact(compute()))
+    started = time.perf_counter()
+    return _respond(cached_body(lambda: _compact(compute())), meta, started)
+
+
+def kept_first(meta: Meta | None = None) -> Callable[[Callable], Callable]:
+    """Serve a kept answer before the view reads its arguments; otherwise run the view.
+
+    An answer is kept only after its URL's arguments were read without error, and under the
+    query string byte for byte, so the same URL needs no second reading while it is kept.
+    """
+
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)  # flask-smorest's documentation of the view comes along
+        def serve(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            text = cache.get(_key())
+            return view(*args, **kwargs) if text is None else _respond(text, meta, started)
+
+        return serve
+
+    return decorate
+
+
+def _respond(text: str, meta: Meta | None, started: float) -> Response:
     if meta is not None:
-        text = f'{text[:-1]},"meta":{_compact(meta())}}}'  # a body is never the empty object
+        text = f'{text[:-1]},"meta":{_compact(meta(started))}}}'  # a body is never the empty {}
     return current_app.response_class(f"{text}\n", mimetype=current_app.json.mimetype)
 
 
