@@ -75,13 +75,12 @@ def transform_and_upsert(
     run = session.get_one(EtlRun, run_id)
     source = get_source(run.source, settings)
     loader = BatchLoader(session, run, source, settings)
-    model = source.raw_model
     # Plain rows, not ORM objects: a raw record is only read here, never changed.
-    columns = source.raw_columns()
+    columns = source.raw_model.__table__.c
     while raws := session.execute(
         sa.select(*columns)
-        .where(model.id > loader.checkpoint.last_raw_id)
-        .order_by(model.id)
+        .where(columns.id > loader.checkpoint.last_raw_id)
+        .order_by(columns.id)
         .limit(settings["ETL_BATCH_SIZE"])
     ).all():
         loader.check_failure("before_load")

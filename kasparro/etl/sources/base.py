@@ -160,10 +160,6 @@ class Source(ABC):
         """Load what turning ``raws`` into observations needs beyond the rows themselves."""
         return None  # most sources need nothing beyond the rows
 
-    def raw_columns(self) -> list[Any]:
-        """Return what the transform selects of a raw row: every column, unless told less."""
-        return list(self.raw_model.__table__.c)
-
     def duplicates(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
         """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
         return {}

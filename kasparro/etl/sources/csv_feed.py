@@ -552,11 +552,6 @@ class CsvSource(Source):
         encoding = self._generations[raw.generation].encoding
         return f"line {raw.line_no}", (raw.raw_bytes or b"").decode(encoding, "backslashreplace")
 
-    def raw_columns(self) -> list[Any]:
-        """Return the columns a stored CSV record is read back with: its text, not a payload."""
-        unread = {"payload", "received_at", "run_id"}
-        return [column for column in self.raw_model.__table__.c if column.name not in unread]
-
     def duplicates(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
         """Find the records of ``raws`` (stored, in id order) that repeat an earlier line's text.
 
