@@ -6,7 +6,7 @@ FLASK := $(BIN)/flask --app wsgi
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format services smoke bench settings-docs up down logs clean
+.PHONY: run test lint format services tools smoke bench settings-docs up down logs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ run: $(VENV)/.runtime
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 --no-control-socket --timeout 600 wsgi:app
 
 ## test: lint, then the whole suite against SQLite and PostgreSQL (starts services if needed)
-test: $(VENV)/.dev services lint
+test: $(VENV)/.dev services tools lint
 	$(BIN)/python -m pytest
 
 ## lint: check formatting and lint rules
@@ -44,6 +44,11 @@ format: $(VENV)/.dev
 services:
 	scripts/ensure-services.sh
 
+## tools: install the Debian packages the tests use when missing: Prometheus, Chromium, its driver
+tools:
+	scripts/ensure-tools.sh prometheus:prometheus promtool:prometheus chromium:chromium \
+	  chromedriver:chromium-driver
+
 ## smoke: start the whole stack as local processes, run it, kill a worker mid-run, report
 smoke: $(VENV)/.dev services
 	$(BIN)/python scripts/smoke.py
@@ -51,13 +56,7 @@ smoke: $(VENV)/.dev services
 ## bench: the ETL and the read API next to their baselines, on N-row feeds; writes BENCHMARKS.md
 N ?= 1000000
 bench: $(VENV)/.dev services
-	@command -v wrk >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update && apt-get install -y wrk; \
-	  else \
-	    echo "make bench needs wrk: install the Debian package wrk (apt-get install wrk)" >&2; \
-	    exit 1; \
-	  fi; }
+	scripts/ensure-tools.sh wrk:wrk
 	$(BIN)/python scripts/bench.py --rows $(N)
 
 ## settings-docs: write README's settings tables and .env.example from the declarations

@@ -122,11 +122,11 @@ def trust_forwarded_for(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per resource."""
     from kasparro.extensions import api, init_limiter
-    from kasparro.routes import data, etl, health, runs, stats
+    from kasparro.routes import analysis, assets, dashboard, data, etl, health, metrics, runs, stats
 
-    for module in (data, health, stats, runs, etl):
+    for module in (data, health, stats, runs, etl, analysis, assets, metrics, dashboard):
         api.register_blueprint(module.blp)
-    init_limiter(app, [data.blp, stats.blp, runs.blp, etl.blp])
+    init_limiter(app, [data.blp, stats.blp, runs.blp, etl.blp, analysis.blp, assets.blp])
 
 
 def register_request_hooks(app: Flask) -> None:

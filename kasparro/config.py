@@ -157,7 +157,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "the lowest level logged: `DEBUG`, `INFO`, `WARNING` or `ERROR`",
         str.upper,
     ),
-    Setting("LOG_FORMAT", "json", "`json` (one object a line) or `console`", str.lower),
+    Setting(
+        "LOG_FORMAT",
+        "",
+        "`json` (one object a line) or `console`; empty: `console` on a terminal, else `json`",
+        str.lower,
+    ),
     Setting("CORS_ORIGINS", "", "comma-separated origins allowed from browsers; empty: none"),
     Setting(
         "PROXY_FIX_X_FOR",
@@ -181,6 +186,30 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         60,
         "longest a kept response is served: a write made outside the ETL shows within it",
         at_least(1),
+    ),
+    Setting(
+        "ANOMALY_MAD_THRESHOLD",
+        3.5,
+        "robust z-score (median and MAD) beyond which a run's count or duration is flagged",
+        number,
+    ),
+    Setting(
+        "ANOMALY_HISTORY_RUNS",
+        20,
+        "finished runs of a source that form the history a run is judged against (at least 3)",
+        at_least(3),
+    ),
+    Setting(
+        "ANOMALY_JUMP_PERCENT",
+        50.0,
+        "move between consecutive observations of an asset's metric that is flagged, in %",
+        number,
+    ),
+    Setting(
+        "ANOMALY_SPREAD_PERCENT",
+        5.0,
+        "cross-source spread of an asset's latest values that is flagged, in % of the median",
+        number,
     ),
     Setting(
         "REDIS_URL",
@@ -274,6 +303,17 @@ ENTRYPOINT_SETTINGS: tuple[Setting, ...] = (
         "GUNICORN_TIMEOUT", 120, "seconds before gunicorn restarts a silent worker", whole_number
     ),
     Setting("WORKER_CONCURRENCY", 2, "Celery worker processes (`worker` role)", whole_number),
+    Setting(
+        "WORKER_METRICS_PORT",
+        9808,
+        "port the `worker` role serves its Prometheus `/metrics` on",
+        whole_number,
+    ),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "/tmp/kasparro-metrics",
+        "where a role's processes share their metrics; emptied when the role starts",
+    ),
     Setting(
         "BEAT_SCHEDULE_FILE", "/tmp/celerybeat-schedule", "where beat keeps its last run times"
     ),

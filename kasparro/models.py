@@ -21,7 +21,7 @@ class RunStatus(StrEnum):
     SKIPPED = "SKIPPED"  # not started: the source was already running
 
 
-RUN_TRIGGERS = ("schedule", "api", "cli")
+RUN_TRIGGERS = ("schedule", "api", "cli", "reprocess")
 
 
 class Base(DeclarativeBase):
@@ -76,6 +76,19 @@ class Asset(Base):
     name: Mapped[str] = mapped_column(sa.String(200), index=True)
     origin: Mapped[str] = mapped_column(sa.String(32))  # the source that vouched for it, or "seed"
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AssetAlias(Base):
+    """A name or symbol an operator maps to an asset, so that observations using it resolve."""
+
+    __tablename__ = "asset_aliases"
+    __table_args__ = (sa.UniqueConstraint("kind", "alias", name="uq_asset_alias"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # "name" or "symbol"
+    alias: Mapped[str] = mapped_column(sa.String(200))  # stripped and lower-cased
+    asset_id: Mapped[str] = mapped_column(sa.ForeignKey("assets.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class RawRecordMixin:
@@ -161,6 +174,16 @@ class UnifiedRecord(Base):
         sa.Index("ix_unified_asset_timestamp_id", "asset_id", "timestamp", "id"),
         sa.Index("ix_unified_symbol_timestamp_id", "symbol", "timestamp", "id"),
         sa.Index("ix_unified_metric_timestamp_id", "metric", "timestamp", "id"),
+        # An asset's history and its latest value per metric and source.
+        sa.Index("ix_unified_asset_metric_timestamp_id", "asset_id", "metric", "timestamp", "id"),
+        # What did not resolve, grouped by what the source called it: only those rows are kept.
+        sa.Index(
+            "ix_unified_unresolved",
+            "name",
+            "symbol",
+            sqlite_where=sa.text("asset_id IS NULL"),
+            postgresql_where=sa.text("asset_id IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

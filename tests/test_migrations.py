@@ -9,6 +9,7 @@ from kasparro.extensions import db
 
 # The tables every deployment has; each source adds its raw table.
 CORE_TABLES = {
+    "asset_aliases",
     "assets",
     "checkpoints",
     "csv_generations",
