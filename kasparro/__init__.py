@@ -122,11 +122,25 @@ def trust_forwarded_for(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per resource."""
     from kasparro.extensions import api, init_limiter
-    from kasparro.routes import analysis, assets, dashboard, data, etl, health, metrics, runs, stats
+    from kasparro.routes import (
+        aliases,
+        analysis,
+        assets,
+        dashboard,
+        data,
+        etl,
+        health,
+        metrics,
+        runs,
+        stats,
+    )
 
-    for module in (data, health, stats, runs, etl, analysis, assets, metrics, dashboard):
+    modules = (data, health, stats, runs, etl, analysis, assets, aliases, metrics, dashboard)
+    for module in modules:
         api.register_blueprint(module.blp)
-    init_limiter(app, [data.blp, stats.blp, runs.blp, etl.blp, analysis.blp, assets.blp])
+    init_limiter(
+        app, [data.blp, stats.blp, runs.blp, etl.blp, analysis.blp, assets.blp, aliases.blp]
+    )
 
 
 def register_request_hooks(app: Flask) -> None:
@@ -139,10 +153,13 @@ def register_request_hooks(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    """Add the ``flask etl`` command group."""
+    """Add the ``flask etl`` and ``flask assets`` command groups."""
     from kasparro.cli import etl_cli
+    from kasparro.corrections_cli import assets_cli, reprocess_command
 
+    etl_cli.add_command(reprocess_command)
     app.cli.add_command(etl_cli)
+    app.cli.add_command(assets_cli)
 
 
 def register_celery(app: Flask) -> None:
