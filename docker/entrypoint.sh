@@ -1,7 +1,9 @@
 #!/bin/sh
 # Start one role of Kasparro: apply migrations, then run the role.
-#   api     gunicorn on 0.0.0.0:$PORT, after queueing an initial ETL pass in the background
-#   worker  a Celery worker, node worker@<host name> (what the compose health check pings)
+#   api     gunicorn on 0.0.0.0:$PORT, after queueing an initial ETL pass in the background;
+#           Prometheus metrics at /metrics
+#   worker  a Celery worker, node worker@<host name> (what the compose health check pings);
+#           Prometheus metrics on 0.0.0.0:$WORKER_METRICS_PORT
 #   beat    the Celery beat scheduler (run exactly one)
 #   flower  Celery's monitor, behind basic auth (FLOWER_BASIC_AUTH=user:password)
 #   any other command is run as given, after migrations (e.g. flask --app wsgi etl status)
@@ -23,22 +25,36 @@ migrate() {
   done
 }
 
+# The role's processes (gunicorn's workers, Celery's pool) share their metrics in files, in a
+# directory of the role's own, emptied first: a restarted role counts from zero, as Prometheus
+# expects of a restarted target. Two roles on one host never share one.
+share_metrics() {
+  PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/kasparro-metrics}/$role"
+  rm -rf "$PROMETHEUS_MULTIPROC_DIR"
+  mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+  export PROMETHEUS_MULTIPROC_DIR
+}
+
 migrate
 case "$role" in
   api)
+    share_metrics
     if [ "${ETL_RUN_ON_START:-1}" = "1" ]; then
       # Queued for the workers (or run in-process without a broker); the API serves meanwhile.
       flask --app wsgi etl run --enqueue &
     fi
     # The app logs every request itself, structured and redacted: no second access log.
     # One sync worker per core measured fastest (README, Performance): set WEB_CONCURRENCY so.
+    # docker/gunicorn.conf.py holds the hooks: a worker that exits is told to the metrics.
     exec gunicorn --bind "0.0.0.0:${PORT:-8000}" --workers "${WEB_CONCURRENCY:-2}" --no-control-socket \
       --timeout "${GUNICORN_TIMEOUT:-120}" --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1,::1}" \
-      wsgi:app
+      --config docker/gunicorn.conf.py wsgi:app
     ;;
   worker)
+    share_metrics
     exec celery -A wsgi.celery_app worker --loglevel "${LOG_LEVEL:-INFO}" \
-      --concurrency "${WORKER_CONCURRENCY:-2}" --hostname "worker@%h"
+      --concurrency "${WORKER_CONCURRENCY:-2}" --hostname "worker@%h" \
+      --metrics-port "${WORKER_METRICS_PORT:-9808}"
     ;;
   beat)
     exec celery -A wsgi.celery_app beat --loglevel "${LOG_LEVEL:-INFO}" \

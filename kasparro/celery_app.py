@@ -3,8 +3,13 @@
 import time
 import weakref
 
-from celery import Celery, Task
+import click
+from celery import Celery, Task, bootsteps
+from celery.signals import setup_logging, worker_process_shutdown
 from flask import Flask
+from prometheus_client import start_http_server
+
+from kasparro.metrics import forget_process, process_registry
 
 BROKER_ANSWER_SECONDS = 1.0
 # When each Celery app's broker last answered a ping (time.monotonic(), taken before the ping).
@@ -33,6 +38,15 @@ def celery_init_app(app: Flask) -> Celery:
         }
     }
     celery_app.conf.update(app.config.get("CELERY", {}))
+    celery_app.user_options["worker"].add(
+        click.Option(
+            ["--metrics-port"],
+            type=int,
+            default=None,
+            help="Serve the worker's Prometheus metrics on this port (default: not served).",
+        )
+    )
+    celery_app.steps["worker"].add(MetricsServer)
     if celery_app.conf.task_always_eager:
         # Tasks run in this process: load them through celeryconfig's ``imports``, as a worker
         # does, so that they are found by name (kasparro.dispatch) without importing tasks/.
@@ -40,6 +54,42 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
+
+
+class MetricsServer(bootsteps.StartStopStep):
+    """Serve the worker's metrics over HTTP from its main process, given ``--metrics-port``.
+
+    Tasks run in the pool's processes; with PROMETHEUS_MULTIPROC_DIR set (the entrypoint sets it)
+    each keeps its values in files there, and this server merges them on every scrape.
+    """
+
+    def __init__(self, parent, metrics_port: int | None = None, **options):
+        super().__init__(parent, **options)
+        self.port = metrics_port
+        self.enabled = metrics_port is not None
+        self.server = None
+
+    def start(self, parent) -> None:
+        """Listen on every interface: Prometheus scrapes the worker from another container."""
+        self.server, _ = start_http_server(self.port, registry=process_registry())
+
+    def stop(self, parent) -> None:
+        """Stop listening."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@setup_logging.connect
+def keep_app_logging(**kwargs) -> None:
+    """Leave logging as create_app set it (LOG_LEVEL, LOG_FORMAT): Celery would reset the level."""
+
+
+@worker_process_shutdown.connect
+def forget_pool_process(pid: int, **kwargs) -> None:
+    """Drop the live gauges of a pool process that exits; what it counted stays counted."""
+    forget_process(pid)
 
 
 def broker_reachable(celery_app: Celery) -> bool | None:

@@ -128,6 +128,8 @@ class Stack:
             "LOG_LEVEL": "INFO",
             "PORT": self.base_url.rsplit(":", 1)[1],
             "WORKER_CONCURRENCY": "1",
+            "WORKER_METRICS_PORT": str(processes.free_port()),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / "metrics"),
             "BEAT_SCHEDULE_FILE": str(self.workdir / "beat-schedule"),
             **{f"SCHEDULE_{s.upper()}_SECONDS": "3600" for s in FIRST_RUN_STATUSES},
         }

@@ -6,7 +6,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -81,6 +82,34 @@ class ManagedProcess:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+@contextmanager
+def entrypoint_roles(log_dir: Path) -> Iterator[Callable[..., ManagedProcess]]:
+    """Yield a function that starts an entrypoint role as a container would; stop all at exit.
+
+    Unless told otherwise, a role keeps its metrics under ``log_dir`` and a worker serves them on
+    a free port: roles started by concurrent tests never share a directory or a port.
+    """
+    started: list[ManagedProcess] = []
+
+    def start(role: str, env: dict[str, str], ready=lambda log: True) -> ManagedProcess:
+        env = {
+            "PROMETHEUS_MULTIPROC_DIR": str(log_dir / "metrics"),
+            "WORKER_METRICS_PORT": str(free_port()),
+            **env,
+        }
+        process = ManagedProcess(
+            [ENTRYPOINT, role], venv_path_env(env), log_dir / f"{role}.log", ready
+        )
+        started.append(process)
+        return process.start(timeout=90)
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
 
 
 def worker_ready(log: str) -> bool:

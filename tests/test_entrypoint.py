@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from tests.processes import (
     ENTRYPOINT,
     ROOT,
-    ManagedProcess,
     answers,
+    entrypoint_roles,
     eventually,
     free_port,
     venv_path_env,
@@ -24,18 +24,8 @@ from tests.test_deployment_files import interpolated_service, write_compose_proj
 @pytest.fixture
 def roles(tmp_path):
     """Return a function that starts an entrypoint role; all are stopped after the test."""
-    started = []
-
-    def start(role: str, env: dict[str, str], ready=lambda log: True) -> ManagedProcess:
-        process = ManagedProcess(
-            [ENTRYPOINT, role], venv_path_env(env), tmp_path / f"{role}.log", ready
-        ).start(timeout=90)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+    with entrypoint_roles(tmp_path) as start:
+        yield start
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from tenacity.wait import wait_base
 
 from kasparro.etl.errors import SourceError
 from kasparro.etl.ratelimit import CallPacer
+from kasparro.metrics import record_rate_limit_wait, record_upstream_answer, record_upstream_retry
 
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds
@@ -38,10 +39,11 @@ BODY_CHUNK = 64 * 1024
 class TransientUpstreamError(Exception):
     """A failure worth asking again about: a timeout, a lost connection, a 429 or a 5xx."""
 
-    def __init__(self, reason: str, server_wait: float | None = None):
+    def __init__(self, reason: str, server_wait: float | None = None, status: int | None = None):
         super().__init__(reason)
         self.reason = reason
         self.server_wait = server_wait
+        self.status = status  # the HTTP status; None when no answer came back
 
 
 class ServerOrBackoffWait(wait_base):
@@ -157,29 +159,36 @@ class JsonClient:
 
     def _get_once(self, url: str, params: dict[str, Any], where: str) -> Any:
         self.pacer.wait()
+        status = None  # until an answer comes back
         try:
             with self.session.get(
                 url, params=params, timeout=self.timeout, stream=True
             ) as response:  # an error's body is never read; a good one is read in bounds
-                body = self._body(response, where) if response.status_code == 200 else None
+                status = response.status_code
+                body = self._body(response, where) if status == 200 else None
         except requests.Timeout as exc:
             raise TransientUpstreamError("timeout") from exc
         except requests.RequestException as exc:
             raise TransientUpstreamError(f"cannot connect ({type(exc).__name__})") from exc
+        finally:
+            record_upstream_answer(self.source, status)
         if body is not None:
             return self._decode(body, where)
-        status = response.status_code
         if status != 429 and status < 500:
             raise SourceError(f"{where} answered HTTP {status}")
         asked = server_wait_seconds(response.headers) if status == 429 else None
-        raise TransientUpstreamError(f"HTTP {status}", asked)
+        raise TransientUpstreamError(f"HTTP {status}", asked, status)
 
     def _log_retry(self, retry_state: RetryCallState) -> None:
+        failure = retry_state.outcome.exception()
+        record_upstream_retry(self.source)
+        if failure.status == 429:
+            record_rate_limit_wait(self.source, retry_state.upcoming_sleep)
         log.warning(
             "etl.http.retry",
             source=self.source,
             attempt=retry_state.attempt_number,
-            reason=retry_state.outcome.exception().reason,
+            reason=failure.reason,
             wait_seconds=round(retry_state.upcoming_sleep, 3),
         )
 

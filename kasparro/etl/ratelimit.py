@@ -12,6 +12,8 @@ from collections.abc import Callable
 import redis
 import structlog
 
+from kasparro.metrics import record_rate_limit_wait
+
 log = structlog.get_logger(__name__)
 _RESERVE_SLOT = """
 local now = redis.call('TIME')
@@ -38,6 +40,7 @@ class CallPacer:
         """Block until this caller's slot; return how long it waited."""
         delay = self._reserve()
         if delay > 0:
+            record_rate_limit_wait(self.name, delay)
             self.sleep(delay)
         return delay
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from kasparro.db_types import utcnow
 from kasparro.etl.sources import get_source
 from kasparro.etl.versions import record_change
+from kasparro.metrics import record_run
 from kasparro.models import Checkpoint, EtlRun, RunStatus
 
 log = structlog.get_logger(__name__)
@@ -117,6 +118,7 @@ def finish_run(
     session.commit()
     if not closed:
         return RunStatus(run.status)
+    record_run(run)  # only by whoever closed it: a run is counted once
     log.info(
         "etl.run.finished",
         run_id=run.id,
@@ -204,5 +206,6 @@ def _record_skipped(session: Session, source: str, trigger: str, task_id: str | 
     session.add(skipped)
     record_change(session, source)
     session.commit()
+    record_run(skipped)
     log.info("etl.run.skipped", run_id=skipped.id, source=source, running_run_id=running_id)
     return SourceBusy(source, running_id, skipped.id)

@@ -1,4 +1,4 @@
-"""Every request gets an id and one access-log line; an over-long query string is refused."""
+"""Each request gets an id, an access-log line and metrics; an over-long query string is refused."""
 
 import re
 import time
@@ -7,6 +7,7 @@ import uuid
 import structlog
 from flask import Flask, g, request
 
+from kasparro.metrics import RequestMetrics
 from kasparro.routes.errors import error_body
 
 MAX_QUERY_STRING = 2048
@@ -14,10 +15,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
 def init_request_log(app: Flask) -> None:
-    """Attach the request-id, query-string bound and access-log hooks to ``app``."""
+    """Attach the request-id, query-string bound, access-log and metrics hooks to ``app``."""
     # Bound once, with the logging ``app`` configured: a logger got anew for every line cost
     # a fifth of the line.
     log = structlog.get_logger(__name__).bind()
+    metrics = RequestMetrics()
 
     # One hook for all three: Flask pays for every hook it runs, on every request.
     @app.before_request
@@ -39,12 +41,16 @@ def init_request_log(app: Flask) -> None:
     @app.after_request
     def echo_request_id(response):
         response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        seconds = time.perf_counter() - g.get("request_started", 0)
+        status = response.status_code
+        rule = request.url_rule
+        metrics.observe(rule.rule if rule else None, request.method, status, seconds)
         log.info(
             "http.request",
             method=request.method,
             path=request.path,
-            status=response.status_code,
-            duration_ms=round((time.perf_counter() - g.get("request_started", 0)) * 1000, 2),
+            status=status,
+            duration_ms=round(seconds * 1000, 2),
         )
         return response
 
