@@ -1,6 +1,8 @@
 """``flask etl run``, ``flask etl status`` and ``flask etl retention``."""
 
 import json
+import sys
+import time
 
 import click
 from flask import current_app
@@ -8,7 +10,7 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
-from kasparro.etl.pipeline import run_source
+from kasparro.etl.pipeline import ReadProgress, run_source
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import SourceBusy, describe_error
 from kasparro.etl.sources import SOURCES
@@ -38,6 +40,63 @@ def _counts(run) -> str:
     )
 
 
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02}:{minutes:02}:{seconds:02}"
+
+
+class ReadProgressBar:
+    """A source's read drawn on the terminal, as the pipeline reports it after each batch.
+
+    It shows the rows read and the rows per second and, for a file, the share done and the
+    time left; the pipeline's last report, when the read ends, ends its line.
+    """
+
+    def __init__(self, source: str):
+        self.label = f"{source:<14}"
+        self.started = time.monotonic()
+        self.bar = None  # drawn from the first batch on: an unchanged source shows nothing
+        self.first_batch: tuple[float, int] | None = None  # when, and to which byte, for a file
+
+    def __call__(self, progress: ReadProgress) -> None:
+        """Draw ``progress``; end the line when the read has ended."""
+        in_file = progress.bytes_total is not None
+        if self.bar is None:
+            if progress.finished:
+                return
+            self.bar = click.progressbar(
+                length=progress.bytes_total or 0,
+                label=self.label,
+                bar_template="%(label)s [%(bar)s] %(info)s" if in_file else "%(label)s %(info)s",
+                show_percent=in_file,
+                show_eta=False,  # click's estimate waits a second; this one is there from batch two
+                item_show_func=lambda text: text,
+            )
+        if in_file:
+            self.bar.length = progress.bytes_total  # the file may have grown
+        done = progress.bytes_read if in_file else progress.rows_read
+        self.bar.update(done - self.bar.pos, self._describe(progress))
+        if progress.finished:
+            self.bar.render_progress()  # the last line without a time left, even with no step
+            self.bar.render_finish()
+
+    def _describe(self, progress: ReadProgress) -> str:
+        now = time.monotonic()
+        rate = progress.rows_read / max(now - self.started, 1e-9)
+        text = f"{progress.rows_read:,} rows  {rate:,.0f} rows/s"
+        if progress.bytes_read is None or progress.finished:
+            return text
+        if self.first_batch is None:
+            self.first_batch = (now, progress.bytes_read)
+            return f"{text}  --:--:-- left"
+        # The pace since the first batch: the run's start-up is not part of it.
+        began, offset = self.first_batch
+        pace = (progress.bytes_read - offset) / max(now - began, 1e-9)
+        left = (progress.bytes_total - progress.bytes_read) / max(pace, 1e-9)
+        return f"{text}  {_duration(left)} left"
+
+
 @etl_cli.command("run")
 @click.option(
     "--source",
@@ -52,14 +111,18 @@ def _counts(run) -> str:
     help="Queue the runs for the Celery workers and return at once (in-process without a broker).",
 )
 def run_command(sources, enqueue):
-    """Run the ETL for each source and print a summary; exit 1 if any source failed."""
+    """Run the ETL for each source and print a summary; exit 1 if any source failed.
+
+    On a terminal each source's read shows its progress as it goes.
+    """
     if enqueue:
         _enqueue(sources or SOURCES)
         return
     failed = []
     for name in sources or SOURCES:
+        progress = ReadProgressBar(name) if sys.stdout.isatty() else None
         try:
-            run = run_source(db.session, name, current_app.config, trigger="cli")
+            run = run_source(db.session, name, current_app.config, trigger="cli", progress=progress)
         except SourceBusy as busy:
             click.echo(f"{name:<14} run {busy.skipped_run_id:<5} SKIPPED  {busy}")
             continue

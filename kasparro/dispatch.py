@@ -6,6 +6,7 @@ the tasks the Celery app loaded through celeryconfig's ``imports`` (kasparro.cel
 """
 
 import sqlalchemy as sa
+import structlog
 from celery import Celery, chain
 from celery.utils import uuid
 from flask import current_app
@@ -40,7 +41,9 @@ def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
     try:
         if broker_reachable(celery_app) is False:
             raise OperationalError("no answer from the broker")
-        work.apply_async()
+        # Celery's lines while the chain is queued belong to the run.
+        with structlog.contextvars.bound_contextvars(run_id=run_id, source=source, task_id=task_id):
+            work.apply_async()
     except OperationalError as exc:
         unavailable = BrokerUnavailable("the task queue is unreachable; no run was started")
         fail_run(db.session, run_id, unavailable)

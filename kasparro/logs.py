@@ -9,7 +9,12 @@ or escaped, as JSON and ``repr`` write quotes, backslashes and non-ASCII charact
 Every request writes an access line, so a line's cost is part of every answer's. structlog's own
 events are rendered by structlog and written straight to stderr: handing them to the standard
 library as records, to be formatted by its handler, took as long again. The standard library's
-records (Celery's, gunicorn's, other libraries') go through a handler with the same processors.
+records (Celery's, urllib3's, other libraries') go through a handler with the same processors.
+(gunicorn's own loggers do not propagate: they keep gunicorn's handlers and format.)
+
+Lines are JSON, one object a line, for log pipelines, or structlog's console format for people.
+``LOG_FORMAT`` chooses; left empty, a terminal on stderr gets the console format and anything
+else (a container's log, a pipe, a file) gets JSON.
 """
 
 import functools
@@ -25,6 +30,16 @@ REDACTED = "[REDACTED]"
 _PLAIN = frozenset({bool, int, float})  # scrub leaves these as they are; most values are
 SENSITIVE_KEYS = ("authorization", "api_key", "password", "token", "secret")
 _HANDLER_NAME = "kasparro"
+LOG_FORMATS = ("json", "console")
+
+
+def chosen_format(fmt: str) -> str:
+    """Return the log format LOG_FORMAT ``fmt`` means; empty: console on a terminal, else JSON."""
+    if not fmt:
+        return "console" if sys.stderr.isatty() else "json"
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"LOG_FORMAT must be empty or `json` or `console`, got {fmt!r}")
+    return fmt
 
 
 @functools.lru_cache(maxsize=4096)  # a log line's keys are nearly always the same few
@@ -173,7 +188,11 @@ class _StderrLogger:
 
 
 def configure_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
-    """Send structlog and standard-library logs through one redacting renderer to stderr."""
+    """Send structlog and standard-library logs through one redacting renderer to stderr.
+
+    ``fmt`` is LOG_FORMAT: ``json``, ``console``, or empty to choose by what stderr is.
+    """
+    fmt = chosen_format(fmt)
     redactor = SecretRedactor(secrets)
     shared = [
         structlog.contextvars.merge_contextvars,

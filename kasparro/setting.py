@@ -83,6 +83,19 @@ def number(raw: str) -> float:
         raise ValueError("must be a number") from None
 
 
+def one_of(*choices: str) -> Callable[[str], str]:
+    """Return a parser that accepts one of ``choices``, in any case."""
+
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            named = [f"`{choice}`" if choice else "empty" for choice in choices]
+            raise ValueError(f"must be {' or '.join(named)}")
+        return value
+
+    return parse
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """Return a parser of whole numbers that raises smaller ones to ``minimum``."""
 

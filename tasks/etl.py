@@ -1,13 +1,20 @@
-"""The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and scheduled starts."""
+"""The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and scheduled starts.
+
+Every line a task logs, its own, the pipeline's, a library's and Celery's account of how it
+ended, carries ``task_id`` and, for a run's task, ``run_id`` and ``source``: they are bound when
+the task starts and unbound when it ends, so nothing of one task reaches the next.
+"""
 
 from contextlib import contextmanager
+from contextvars import Token
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from billiard.exceptions import WorkerLostError
 from celery import current_task, shared_task
 from celery.exceptions import Ignore
-from celery.signals import task_failure
+from celery.signals import task_failure, task_postrun, task_prerun
 from flask import current_app
 
 from kasparro.dispatch import EXTRACT_TASK, TRANSFORM_TASK, dispatch_run
@@ -18,6 +25,8 @@ from kasparro.extensions import db
 from kasparro.models import EtlRun, RunStatus
 
 log = structlog.get_logger(__name__)
+# What each running task bound to the log context, by task id, to be unbound when it ends.
+_bound_by_task: dict[str, dict[str, Token]] = {}
 
 
 class WorkerLost(RuntimeError):
@@ -34,17 +43,30 @@ def _failing_run_on_error(run_id: int):
         raise
 
 
+@task_prerun.connect
+def bind_task_log_context(sender=None, task_id=None, args=None, **kwargs) -> None:
+    """Bind the task's id, and a run's task's run id, to every line logged until it ends."""
+    context = {"task_id": task_id}
+    if sender.name in _RUN_ID_OF:
+        context["run_id"] = _RUN_ID_OF[sender.name](args)
+    _bound_by_task[task_id] = structlog.contextvars.bind_contextvars(**context)
+
+
+@task_postrun.connect
+def unbind_task_log_context(task_id=None, **kwargs) -> None:
+    """Restore the log context the task started in (an eager task's caller's, say)."""
+    structlog.contextvars.reset_contextvars(**_bound_by_task.pop(task_id, {}))
+
+
 def _ensure_running(run_id: int) -> None:
-    log.info(
-        "etl.task.started",
-        task=current_task.name,
-        run_id=run_id,
-        attempt=current_task.request.retries + 1,
-    )
-    # A task delivered again after its run finished (or was closed as abandoned) does nothing.
     run = db.session.get(EtlRun, run_id)
+    if run is not None:
+        tokens = structlog.contextvars.bind_contextvars(source=run.source)
+        _bound_by_task[current_task.request.id].update(tokens)
+    log.info("etl.task.started", task=current_task.name, attempt=current_task.request.retries + 1)
+    # A task delivered again after its run finished (or was closed as abandoned) does nothing.
     if run is None or run.status != RunStatus.RUNNING:
-        log.warning("etl.task.stale_delivery", run_id=run_id, status=getattr(run, "status", None))
+        log.warning("etl.task.stale_delivery", status=getattr(run, "status", None))
         raise Ignore()
 
 
@@ -88,7 +110,7 @@ def scheduled_run(source: str) -> dict[str, Any]:
 
 
 @task_failure.connect
-def record_lost_worker(sender=None, exception=None, args=None, **kwargs) -> None:
+def record_lost_worker(sender=None, task_id=None, exception=None, args=None, **kwargs) -> None:
     """Fail the run whose task killed its worker process on every delivery, naming the cause.
 
     The worker's main process sends this once the task's retries after a lost worker are spent
@@ -104,12 +126,14 @@ def record_lost_worker(sender=None, exception=None, args=None, **kwargs) -> None
         f"({cause}); not retried again"
     )
     with sender.app_context():
-        fail_run(db.session, run_id, lost)
+        # This runs in the worker's main process, outside the task: its lines are bound here.
+        source = db.session.scalar(sa.select(EtlRun.source).where(EtlRun.id == run_id))
+        with structlog.contextvars.bound_contextvars(task_id=task_id, run_id=run_id, source=source):
+            fail_run(db.session, run_id, lost)
+            log.error("etl.task.worker_lost", task=sender.name, error=str(lost))
         db.session.remove()
-        # This runs in the worker's main process: processes it forks later must not inherit
-        # its database connection.
+        # Processes the main process forks later must not inherit its database connection.
         db.engine.dispose()
-    log.error("etl.task.worker_lost", task=sender.name, run_id=run_id, error=str(lost))
 
 
 _RUN_ID_OF = {

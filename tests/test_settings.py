@@ -145,6 +145,8 @@ def test_a_value_is_read_as_its_setting_says(clean_environment, name, raw, expec
         ("API_MAX_PAGES", "four", "API_MAX_PAGES must be a whole number, got 'four'"),
         ("API_TIMEOUT_SECONDS", "10s", "API_TIMEOUT_SECONDS must be a number, got '10s'"),
         ("SCHEDULE_CSV1_SECONDS", "1.5", "SCHEDULE_CSV1_SECONDS must be a whole number"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT must be empty or `json` or `console`, got 'xml'"),
+        ("LOG_FORMAT", "text", "LOG_FORMAT must be empty or `json` or `console`, got 'text'"),
     ],
 )
 def test_a_malformed_value_stops_the_start_naming_the_setting(

@@ -5,9 +5,14 @@ unified rows and rejections, and the checkpoint that covers them commit in one t
 a crash anywhere leaves all of them or none, and the next run resumes from the checkpoint. The
 second stage loads raw rows that an earlier version stored without loading, then finishes the
 run.
+
+A caller that shows progress passes a ``progress`` callback: it gets a ``ReadProgress`` after
+each batch, never per row, and once more when the read ends.
 """
 
-from dataclasses import asdict
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,7 +21,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.assets import AssetResolver, read_seed, upsert_assets
+from kasparro.etl.assets import AssetResolver, seeded_resolver, upsert_assets
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
 from kasparro.etl.parsing import InvalidValue, check_text, storable
@@ -30,7 +35,34 @@ from kasparro.models import Checkpoint, EtlRun, RejectedRecord, RunStatus, Unifi
 log = structlog.get_logger(__name__)
 
 
-def extract(session: Session, run_id: int, settings: dict[str, Any]) -> ReadReport:
+@dataclass(frozen=True)
+class ReadProgress:
+    """How far a run's read has got: rows read so far and, reading a file, bytes of its size."""
+
+    source: str
+    rows_read: int
+    bytes_read: int | None = None  # the offset reached in the file
+    bytes_total: int | None = None  # the file's size as it is now
+    finished: bool = False  # the read has ended (or failed): nothing follows
+
+
+ProgressCallback = Callable[[ReadProgress], None]
+
+
+def _file_position(source: Source, batch: list[RawRow]) -> tuple[int | None, int | None]:
+    """Return (offset reached, file size) after ``batch`` of a file source; (None, None) else."""
+    offset = batch[-1].columns.get("end_offset")  # only a file's raw rows carry it
+    if offset is None:
+        return None, None
+    return offset, max(offset, os.stat(source.path).st_size)  # the file may grow while read
+
+
+def extract(
+    session: Session,
+    run_id: int,
+    settings: dict[str, Any],
+    progress: ProgressCallback | None = None,
+) -> ReadReport:
     """Read the source past what is stored, loading each batch as it is read; return the report.
 
     A batch's raw rows, its unified rows and rejections and the checkpoint that covers them
@@ -41,9 +73,20 @@ def extract(session: Session, run_id: int, settings: dict[str, Any]) -> ReadRepo
     run = session.get_one(EtlRun, run_id)
     source = get_source(run.source, settings)
     loader = BatchLoader(session, run, source, settings)
-    with read_ahead(source.read(session, loader.checkpoint), settings["ETL_BATCH_SIZE"]) as read:
-        for batch in read:
-            loader.store(batch)
+    shown = ReadProgress(run.source, 0)
+    try:
+        with read_ahead(
+            source.read(session, loader.checkpoint), settings["ETL_BATCH_SIZE"]
+        ) as read:
+            for batch in read:
+                loader.store(batch)
+                if progress:
+                    position = _file_position(source, batch)
+                    shown = ReadProgress(run.source, shown.rows_read + len(batch), *position)
+                    progress(shown)
+    finally:
+        if progress:  # before the lines that follow the read, so a display can end its line
+            progress(replace(shown, finished=True))
     report = source.report()
     _record_read(session, run, report)
     log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
@@ -150,9 +193,8 @@ class BatchLoader:
         """Transform and upsert ``raws`` (in id order), move the checkpoint past them, commit."""
         session, run, source = self.session, self.run, self.source
         if self.resolver is None:  # an unchanged source never gets here: it costs one query
-            upsert_assets(session, read_seed(self.settings["ASSETS_SEED_PATH"]), origin="seed")
-            self.resolver = AssetResolver.load(session)
-        unified, rejections = _transform_batch(session, source, run, raws, report, self.resolver)
+            self.resolver = seeded_resolver(session, self.settings["ASSETS_SEED_PATH"])
+        unified, rejections = transform_batch(session, source, run, raws, report, self.resolver)
         self.processed += len(raws)
         if self.failure:
             self.failure.check(run.source, "after_rows", self.processed)
@@ -175,7 +217,7 @@ class BatchLoader:
         session.commit()
 
 
-def _transform_batch(
+def transform_batch(
     session: Session,
     source: Source,
     run: EtlRun,
@@ -262,15 +304,18 @@ def run_source(
     settings: dict[str, Any],
     trigger: str = "cli",
     task_id: str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> EtlRun:
     """Run one source end to end in this process and return its finished run.
 
+    Every line logged meanwhile, by the pipeline or a library, carries the run id and source.
     Raises SourceBusy, after recording a SKIPPED run, when the source is already running.
     """
     run_id = start_run(session, source, trigger, settings, task_id)
-    try:
-        report = extract(session, run_id, settings)
-        transform_and_upsert(session, run_id, report, settings)
-    except Exception as exc:  # every failure is recorded on the run, never lost
-        fail_run(session, run_id, exc)
+    with structlog.contextvars.bound_contextvars(run_id=run_id, source=source):
+        try:
+            report = extract(session, run_id, settings, progress)
+            transform_and_upsert(session, run_id, report, settings)
+        except Exception as exc:  # every failure is recorded on the run, never lost
+            fail_run(session, run_id, exc)
     return session.get_one(EtlRun, run_id)
