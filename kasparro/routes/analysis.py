@@ -1,5 +1,103 @@
-"""Run comparison and anomaly flags."""
+"""``GET /compare-runs`` and ``GET /anomalies``: run comparison and anomaly flags.
 
-from flask_smorest import Blueprint
+Both answers change only with what the ETL commits, so they are kept like ``/stats``'s
+(``kasparro.routes.response_cache``); the logic is in ``kasparro.run_analysis``.
+"""
+
+from flask import current_app
+from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
+
+from kasparro.extensions import db
+from kasparro.queries import InvalidCursor
+from kasparro.routes.response_cache import kept_response
+from kasparro.run_analysis import (
+    KINDS,
+    InvalidComparison,
+    RunNotFound,
+    Thresholds,
+    compare_runs,
+    find_anomalies,
+    pick_runs,
+)
+from kasparro.schemas import (
+    RETRY_AFTER,
+    AnomaliesQuerySchema,
+    AnomalyPageSchema,
+    CompareRunsQuerySchema,
+    RunComparisonSchema,
+)
 
 blp = Blueprint("analysis", __name__, description="Run comparison and anomaly flags")
+
+
+def _query_error(status: int, parameter: str, message: str):
+    abort(status, message=message, errors={"query": {parameter: [message]}})
+
+
+@blp.route("/compare-runs")
+@blp.arguments(CompareRunsQuerySchema(), location="query")  # one schema, not one per request
+@blp.response(200, RunComparisonSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="A run is unknown, or has no predecessor")
+@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
+@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
+@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
+def get_compare_runs(args):
+    """Compare two runs of a source: counts, duration, rejected rate, drift and movers."""
+    return kept_response(lambda: COMPARISON_SCHEMA.dump(_comparison(args)))
+
+
+COMPARISON_SCHEMA = RunComparisonSchema()
+
+
+def _comparison(args) -> dict:
+    try:
+        run_a, run_b = pick_runs(
+            db.session, args.get("run_a"), args.get("run_b"), args.get("source")
+        )
+    except RunNotFound as exc:
+        abort(404, message=str(exc))
+    except InvalidComparison as exc:
+        _query_error(422, exc.parameter, str(exc))
+    return compare_runs(db.session, run_a, run_b, args["top"], args.get("metric"))
+
+
+@blp.route("/anomalies")
+@blp.arguments(AnomaliesQuerySchema(), location="query")  # one schema, not one per request
+@blp.response(200, AnomalyPageSchema)
+@blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
+@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
+@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
+@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
+def get_anomalies(args):
+    """List runs far from their source's history, value jumps and cross-source disagreements."""
+    return kept_response(lambda: ANOMALY_PAGE_SCHEMA.dump(_anomalies(args)))
+
+
+ANOMALY_PAGE_SCHEMA = AnomalyPageSchema()
+
+
+def _anomalies(args) -> dict:
+    kinds = (args["kind"],) if "kind" in args else KINDS
+    thresholds = Thresholds.from_settings(current_app.config)
+    try:
+        page = find_anomalies(
+            db.session,
+            since=args.get("since"),
+            source=args.get("source"),
+            kinds=kinds,
+            page_size=args["page_size"],
+            thresholds=thresholds,
+            cursor=args.get("cursor"),
+        )
+    except InvalidCursor as exc:
+        _query_error(400, "cursor", str(exc))
+    return {
+        "anomalies": page.anomalies,
+        "since": page.since,
+        "source": args.get("source"),
+        "kinds": list(kinds),
+        "thresholds": thresholds.to_dict(),
+        "page_size": args["page_size"],
+        "next_cursor": page.next_cursor,
+    }

@@ -6,10 +6,10 @@ from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.models import EtlRun
+from kasparro.run_analysis import MAX_RUN_ID
 from kasparro.schemas import RETRY_AFTER, RunListSchema, RunSchema, RunsQuerySchema
 
 blp = Blueprint("runs", __name__, description="The ETL run log")
-MAX_RUN_ID = 2**31 - 1  # etl_runs.id is a 32-bit integer
 
 
 @blp.route("/runs")
