@@ -9,6 +9,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -26,6 +27,7 @@ from kasparro.etl.sources.csv_feed import CsvSource
 from kasparro.extensions import db
 from kasparro.models import Base
 from tests.coingecko_imitation import CoinGeckoImitation
+from tests.plans import fill_unified_records
 from tests.processes import ManagedProcess, worker_argv, worker_ready
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -173,6 +175,13 @@ def postgres_app(postgres_url):
         yield application
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def filled_assets(postgres_app):
+    """Return the PostgreSQL app with 6,000 observations of 100 stored assets, for their plans."""
+    fill_unified_records(rows=6_000, assets=100, step=timedelta(minutes=1), with_assets=True)
+    return postgres_app
 
 
 @pytest.fixture

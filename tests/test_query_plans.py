@@ -1,7 +1,7 @@
 """On PostgreSQL, every /data filter is served by an index, and a cursor page costs the same at
 any depth: the page starts at the cursor instead of scanning past every newer row."""
 
-import json
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from kasparro.extensions import db
 from kasparro.models import UnifiedRecord
 from kasparro.queries import encode_cursor, page_unified_records
+from tests.plans import executed_plans, fill_unified_records, nodes
 
 ROWS = 30_000
 FILTERS = [{}, {"source": "csv1"}, {"asset": "asset7"}, {"symbol": "S7"}, {"metric": "price_usd"}]
@@ -18,27 +19,7 @@ FILTER_COLUMNS = {"source": "source", "asset": "asset_id", "symbol": "symbol", "
 @pytest.fixture
 def filled(postgres_app):
     """Fill unified_records with ROWS observations over 3 sources, 3 metrics and 300 assets."""
-    db.session.execute(
-        sa.text(
-            "INSERT INTO etl_runs (id, source, status, trigger, started_at, rows_read, inserted,"
-            " updated, unchanged, rejected, unresolved)"
-            " VALUES (1, 'csv1', 'SUCCESS', 'cli', now(), 0, 0, 0, 0, 0, 0)"
-        )
-    )
-    db.session.execute(
-        sa.text(
-            "INSERT INTO unified_records (source, external_id, asset_id, symbol, name, metric,"
-            " value, currency, timestamp, ingested_at, run_id)"
-            " SELECT (ARRAY['coingecko_api', 'csv1', 'csv2'])[1 + i % 3], 'coin' || i % 300,"
-            " 'asset' || i % 300, 'S' || i % 300, 'Coin', (ARRAY['price_usd', 'market_cap_usd',"
-            " 'volume_24h_usd'])[1 + (i / 3) % 3], i, 'USD', now() - i * interval '1 second',"
-            " now(), 1 FROM generate_series(1, :rows) AS i"
-        ),
-        {"rows": ROWS},
-    )
-    db.session.commit()
-    db.session.execute(sa.text("ANALYZE unified_records"))
-    db.session.commit()
+    fill_unified_records(rows=ROWS, assets=300, step=timedelta(seconds=1), with_assets=False)
     return postgres_app
 
 
@@ -60,36 +41,11 @@ def cursor_at(depth: float, args: dict) -> str:
 
 def page_plan(args: dict) -> dict:
     """Return PostgreSQL's executed plan of the page query the API runs for ``args``."""
-    seen = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        if "ORDER BY" in statement:
-            seen.append((statement, parameters))
-
-    sa.event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        page_unified_records(db.session, {"page_size": 10, "page": 1, **args})
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", record)
-    [(statement, parameters)] = seen
-    explained = db.session.connection().exec_driver_sql(
-        "EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters
+    [plan] = executed_plans(
+        lambda: page_unified_records(db.session, {"page_size": 10, "page": 1, **args}),
+        lambda statement: "ORDER BY" in statement,
     )
-    return explained_plan(explained)
-
-
-def explained_plan(result) -> dict:
-    """Return the top plan node of an EXPLAIN (FORMAT JSON) result."""
-    value = result.scalar()
-    document = json.loads(value) if isinstance(value, str) else value
-    return document[0]["Plan"]
-
-
-def nodes(plan: dict):
-    """Yield every node of a plan."""
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
+    return plan
 
 
 @pytest.mark.parametrize("args", FILTERS, ids=lambda args: ",".join(args) or "none")
