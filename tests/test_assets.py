@@ -346,3 +346,45 @@ def test_the_resolvers_kept_answers_stay_bounded_whatever_the_feed_names():
         assert resolver.resolve(Observation(**fields, name=f"Coin {i}")) is None
     assert len(resolver._answers) <= ANSWERS_KEPT
     assert resolver.resolve(Observation(**fields, name="BITCOIN")) == "bitcoin"
+
+
+ALIASES = [
+    ("name", "XBT Coin", "bitcoin"),
+    ("name", "wrapped", "wrapped-x"),
+    ("symbol", "UNI", "uniswap"),
+    ("symbol", "xbt", "bitcoin"),
+]
+
+
+@pytest.mark.parametrize(
+    ("observation", "expected"),
+    [
+        pytest.param({"name": " xbt COIN "}, "bitcoin", id="a-name-alias"),
+        pytest.param({"symbol": "Xbt"}, "bitcoin", id="a-symbol-alias"),
+        pytest.param({"name": "XBT Coin", "symbol": "ETH"}, "bitcoin", id="name-alias-over-symbol"),
+        pytest.param(
+            {"asset_hint": "ethereum", "name": "XBT Coin"}, "ethereum", id="id-over-alias"
+        ),
+        pytest.param({"name": "Wrapped"}, "wrapped-x", id="a-shared-name-settled"),
+        pytest.param({"name": "Wrapped", "symbol": "WY"}, "wrapped-x", id="alias-over-narrowing"),
+        pytest.param({"symbol": "uni"}, "uniswap", id="a-shared-ticker-settled"),
+        pytest.param({"name": "Unheard Of", "symbol": "UNI"}, "uniswap", id="unknown-name"),
+        pytest.param({"name": "Universe", "symbol": "UNI"}, "universe-token", id="name-over-alias"),
+        pytest.param({"name": "Tether", "symbol": "XBT"}, "tether", id="name-over-symbol-alias"),
+    ],
+)
+def test_an_alias_settles_a_name_or_symbol_but_never_outranks_an_id_or_a_resolving_name(
+    observation, expected
+):
+    fields = {"external_id": "e", "metric": "price_usd", "value": 1, "timestamp": None}
+    resolver = AssetResolver(DISAGREEING_ASSETS, ALIASES)
+    assert resolver.resolve(Observation(**fields, **observation)) == expected
+
+
+def test_an_answer_kept_by_the_resolver_changes_when_it_learns_an_alias():
+    resolver = AssetResolver(DISAGREEING_ASSETS)
+    assert resolver.identify(None, "UNI") is None
+
+    resolver.add_alias("symbol", " uni ", "universe-token")
+
+    assert resolver.identify(None, "UNI") == "universe-token"

@@ -3,62 +3,109 @@
 import csv
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
 from kasparro.etl.load import insert_many
 from kasparro.etl.sources.base import KnownAsset, Observation
-from kasparro.models import Asset
+from kasparro.etl.versions import record_change
+from kasparro.models import Asset, AssetAlias, UnifiedRecord, UnifiedTotal
 
 ANSWERS_KEPT = 10_000
+ALIAS_KINDS = ("name", "symbol")
+
+
+def alias_text(text: str) -> str:
+    """Return a name or symbol as aliases store and compare it: stripped, lower-cased."""
+    return text.strip().lower()
 
 
 class AssetResolver:
-    """Resolve by an id the source gives, then an exact name, then a symbol only one coin has.
+    """Resolve by an id the source gives, then a name, then a symbol.
 
-    Names and symbols are compared case-insensitively. A name shared by several coins is narrowed
-    by the symbol; a symbol shared by several coins (two coins on one ticker) resolves to nothing.
+    1. An id the source gives that is a known asset's id.
+    2. The name: an operator's alias for the name decides; otherwise the assets of that name,
+       narrowed by the symbol when several coins share it (still several, or none left: nothing).
+    3. The symbol, when no asset or alias has the name: an operator's alias for the symbol
+       decides; otherwise the one asset with that symbol (two coins on one ticker: nothing).
+
+    Names, symbols and aliases are compared stripped and case-insensitively. An alias outranks
+    what the assets table says of the same name or symbol, so an operator can settle a name or
+    a ticker that several coins share; it never outranks a known id, nor (for a symbol alias) a
+    name that resolves.
     """
 
-    def __init__(self, assets: Iterable[tuple[str, str, str]]):
+    def __init__(
+        self,
+        assets: Iterable[tuple[str, str, str]],
+        aliases: Iterable[tuple[str, str, str]] = (),
+    ):
         self._symbols: dict[str, str] = {}
         self._by_name: dict[str, set[str]] = defaultdict(set)
         self._by_symbol: dict[str, set[str]] = defaultdict(set)
+        self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in ALIAS_KINDS}
         # A feed names the same few coins again and again: each answer is kept until an add.
         self._answers: dict[tuple[str | None, str | None, str | None], str | None] = {}
         for asset_id, symbol, name in assets:
             self.add(asset_id, symbol, name)
+        for kind, alias, asset_id in aliases:
+            self.add_alias(kind, alias, asset_id)
 
     @classmethod
     def load(cls, session: Session) -> "AssetResolver":
-        """Build a resolver from every row of the assets table, in one query."""
-        return cls(session.execute(sa.select(Asset.id, Asset.symbol, Asset.name)).tuples())
+        """Build a resolver from every asset and every alias, in two queries."""
+        assets = session.execute(sa.select(Asset.id, Asset.symbol, Asset.name)).tuples()
+        aliases = session.execute(
+            sa.select(AssetAlias.kind, AssetAlias.alias, AssetAlias.asset_id)
+        ).tuples()
+        return cls(assets, aliases)
 
     def add(self, asset_id: str, symbol: str, name: str) -> None:
         """Learn one asset."""
         self._answers.clear()
         self._symbols[asset_id] = symbol.strip().upper()
-        self._by_name[name.strip().lower()].add(asset_id)
-        self._by_symbol[symbol.strip().lower()].add(asset_id)
+        self._by_name[alias_text(name)].add(asset_id)
+        self._by_symbol[alias_text(symbol)].add(asset_id)
+
+    def add_alias(self, kind: str, alias: str, asset_id: str) -> None:
+        """Learn that the name or symbol ``alias`` (``kind``) means ``asset_id``."""
+        self._answers.clear()
+        self._aliases[kind][alias_text(alias)] = asset_id
+
+    def candidates(self, kind: str, text: str) -> set[str]:
+        """Return the assets a name or a symbol alone points at: its alias's, or every holder's."""
+        key = alias_text(text)
+        if key in self._aliases[kind]:
+            return {self._aliases[kind][key]}
+        held = self._by_name if kind == "name" else self._by_symbol
+        return set(held.get(key, ()))
 
     def resolve(self, observation: Observation) -> str | None:
         """Return the canonical id of the observed coin, or None when it is unknown or ambiguous."""
-        key = (observation.asset_hint, observation.symbol, observation.name)
+        return self.identify(observation.name, observation.symbol, observation.asset_hint)
+
+    def identify(
+        self, name: str | None, symbol: str | None, asset_hint: str | None = None
+    ) -> str | None:
+        """Return the canonical id of the coin a source calls so, or None (unknown, ambiguous)."""
+        key = (asset_hint, symbol, name)
         if key not in self._answers:
             if len(self._answers) >= ANSWERS_KEPT:  # memory stays bounded whatever the feed
                 self._answers.clear()
-            self._answers[key] = self._resolve(observation)
+            self._answers[key] = self._identify(name, symbol, asset_hint)
         return self._answers[key]
 
-    def _resolve(self, observation: Observation) -> str | None:
-        if observation.asset_hint in self._symbols:
-            return observation.asset_hint
-        symbol = (observation.symbol or "").strip().lower()
-        by_symbol = self._by_symbol.get(symbol, set()) if symbol else set()
-        by_name = self._by_name.get((observation.name or "").strip().lower(), set())
+    def _identify(self, name: str | None, symbol: str | None, asset_hint: str | None) -> str | None:
+        if asset_hint in self._symbols:
+            return asset_hint
+        by_symbol = self.candidates("symbol", symbol) if symbol else set()
+        by_name = self.candidates("name", name or "")
         if by_name:
             if len(by_name) > 1 and by_symbol:
                 by_name = by_name & by_symbol
@@ -108,3 +155,191 @@ def read_seed(path: str | Path) -> list[KnownAsset]:
             for row in csv.DictReader(handle)
             if row.get("id")
         ]
+
+
+def seeded_resolver(session: Session, seed_path: str | Path) -> AssetResolver:
+    """Make sure the bundled seed assets are stored, then build a resolver from the tables."""
+    upsert_assets(session, read_seed(seed_path), origin="seed")
+    return AssetResolver.load(session)
+
+
+class UnknownAsset(LookupError):
+    """An alias was given for an asset id the assets table does not hold."""
+
+
+class AliasConflict(ValueError):
+    """An alias would take a name or symbol that already means another asset."""
+
+
+@dataclass(frozen=True)
+class AliasAdded:
+    """An alias as stored, whether this call stored it, and how many observations it resolved."""
+
+    id: int
+    kind: str
+    alias: str
+    asset_id: str
+    created_at: datetime
+    created: bool
+    resolved: int
+
+
+def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdded:
+    """Store an alias and resolve the past observations it matches, in one transaction.
+
+    Refused (AliasConflict) when the name or symbol is another asset's alias, or resolves on its
+    own to one other asset: an alias settles what does not resolve, or what several coins share;
+    it never silently re-routes a coin that resolves. Adding an alias that exists already
+    changes nothing but resolves again what it matches (rows a run loaded meanwhile with an
+    older view of the aliases, say).
+    """
+    if kind not in ALIAS_KINDS:
+        raise ValueError(f"an alias is a name or a symbol, not {kind!r}")
+    key, asset_id = alias_text(text), asset_id.strip().lower()
+    if not key:
+        raise ValueError(f"the {kind} is empty")
+    if session.get(Asset, asset_id) is None:
+        raise UnknownAsset(f"no asset has the id {asset_id!r}")
+    resolver = AssetResolver.load(session)
+    stored = session.scalar(
+        sa.select(AssetAlias).where(AssetAlias.kind == kind, AssetAlias.alias == key)
+    )
+    if stored is None:
+        _refuse_a_resolving_alias(resolver, kind, key, asset_id)
+        stored = AssetAlias(kind=kind, alias=key, asset_id=asset_id, created_at=utcnow())
+        session.add(stored)
+        try:
+            session.flush()  # the unique (kind, alias) refuses one added meanwhile
+        except IntegrityError:
+            session.rollback()
+            raise AliasConflict(f"the {kind} alias {key!r} was added meanwhile") from None
+        created = True
+    elif stored.asset_id != asset_id:
+        raise AliasConflict(f"the {kind} alias {key!r} already means {stored.asset_id!r}")
+    else:
+        created = False
+    resolver.add_alias(kind, key, asset_id)
+    resolved = back_fill(session, resolver, kind, key, asset_id)
+    record_change(session, "aliases")  # kept answers that show these rows are out of date
+    added = AliasAdded(
+        stored.id, kind, key, asset_id, stored.created_at, created=created, resolved=resolved
+    )
+    session.commit()
+    return added
+
+
+def _refuse_a_resolving_alias(resolver: AssetResolver, kind: str, key: str, asset_id: str) -> None:
+    holders = resolver.candidates(kind, key)
+    if len(holders) == 1 and asset_id not in holders:
+        raise AliasConflict(f"the {kind} {key!r} already means {next(iter(holders))!r}")
+
+
+def back_fill(session: Session, resolver: AssetResolver, kind: str, key: str, asset_id: str) -> int:
+    """Give unresolved observations the alias resolves the asset id, in one UPDATE; count them.
+
+    Only rows still unresolved change: their key does not, so nothing is duplicated. The rows
+    are those the resolver, alias included, now gives ``asset_id``, found among the distinct
+    names and symbols of unresolved rows, which the partial index ``ix_unified_unresolved``
+    holds: the spellings of the aliased name or symbol and, for a symbol, the names that do not
+    resolve to another coin (by the resolver's rules, whether an unresolved row follows a name
+    alias depends on nothing else, and whether it follows a symbol alias on its name alone). A
+    row without a symbol takes the asset's ticker, as a run would have given it.
+    """
+    unresolved = UnifiedRecord.asset_id.is_(None)
+    pairs = session.execute(
+        sa.select(UnifiedRecord.name, UnifiedRecord.symbol).where(unresolved).distinct()
+    ).all()
+    chosen = [
+        (name, symbol)
+        for name, symbol in pairs
+        if alias_text((name if kind == "name" else symbol) or "") == key
+        and resolver.identify(name, symbol) == asset_id
+    ]
+    if not chosen:
+        return 0
+    names = {name for name, _ in chosen}
+    symbols = {symbol for _, symbol in chosen}
+    symbol = UnifiedRecord.symbol
+    return session.execute(
+        sa.update(UnifiedRecord)
+        .where(unresolved, _one_of(UnifiedRecord.name, names), _one_of(symbol, symbols))
+        .values(
+            asset_id=asset_id,
+            symbol=sa.case(
+                (sa.func.coalesce(symbol, "") == "", resolver.symbol_of(asset_id)), else_=symbol
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+def _one_of(column: sa.ColumnElement, values: set[str | None]) -> sa.ColumnElement[bool]:
+    """Return ``column IN values``, true for NULL too when None is among them."""
+    known = sorted(value for value in values if value is not None)
+    listed = column.in_(known)
+    return sa.or_(listed, column.is_(None)) if None in values else listed
+
+
+def list_aliases(
+    session: Session, asset_id: str | None, page: int, page_size: int
+) -> tuple[list[AssetAlias], bool]:
+    """Return a page of aliases, oldest first (of one asset, if given), and whether more follow."""
+    query = sa.select(AssetAlias).order_by(AssetAlias.id)
+    if asset_id is not None:
+        query = query.where(AssetAlias.asset_id == asset_id)
+    # One row past the page says whether another follows, without counting them all.
+    rows = session.scalars(query.limit(page_size + 1).offset((page - 1) * page_size)).all()
+    return list(rows[:page_size]), len(rows) > page_size
+
+
+@dataclass(frozen=True)
+class UnresolvedPage:
+    """A page of what did not resolve: groups of (source, name, symbol) with their counts."""
+
+    groups: list[dict]
+    total_groups: int
+    unresolved: int  # observations without an asset, in every group
+
+
+def unresolved_groups(
+    session: Session, source: str | None, page: int, page_size: int
+) -> UnresolvedPage:
+    """Group the observations that did not resolve by source, name and symbol, most first.
+
+    Only unresolved rows are read, through the partial index ``ix_unified_unresolved``: the cost
+    follows how much did not resolve, not the table's size. The order is total (the group's
+    columns break ties), and the number of groups comes with the page from the same query.
+    """
+    observations = sa.func.count().label("observations")
+    query = (
+        sa.select(
+            UnifiedRecord.source,
+            UnifiedRecord.name,
+            UnifiedRecord.symbol,
+            observations,
+            sa.func.max(UnifiedRecord.timestamp).label("latest"),
+            sa.func.count().over().label("total_groups"),
+        )
+        .where(UnifiedRecord.asset_id.is_(None))
+        .group_by(UnifiedRecord.source, UnifiedRecord.name, UnifiedRecord.symbol)
+        .order_by(
+            observations.desc(), UnifiedRecord.source, UnifiedRecord.name, UnifiedRecord.symbol
+        )
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+    )
+    totals = sa.select(sa.func.coalesce(sa.func.sum(UnifiedTotal.unresolved), 0))
+    if source:
+        query = query.where(UnifiedRecord.source == source)
+        totals = totals.where(UnifiedTotal.source == source)
+    rows = session.execute(query).mappings().all()
+    if rows:
+        total_groups = rows[0]["total_groups"]
+    else:  # past the last page, or nothing at all: count the groups on their own
+        grouped = query.limit(None).offset(None).order_by(None).subquery()
+        total_groups = session.scalar(sa.select(sa.func.count()).select_from(grouped))
+    return UnresolvedPage(
+        groups=[{k: v for k, v in row.items() if k != "total_groups"} for row in rows],
+        total_groups=total_groups,
+        unresolved=session.scalar(totals),
+    )

@@ -142,6 +142,10 @@ class Source(ABC):
     def report(self) -> ReadReport:
         """Return what the transform needs to know about the read that just ended."""
 
+    def stored_report(self, raws: list[RawRecordMixin]) -> ReadReport:
+        """Return what transforming stored ``raws`` again needs to know, without a read."""
+        return ReadReport()
+
     @abstractmethod
     def observations(self, raw: RawRecordMixin, report: ReadReport) -> list[Observation]:
         """Turn one raw record into observations; raise InvalidValue to reject it."""

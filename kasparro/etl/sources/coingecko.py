@@ -203,6 +203,10 @@ class CoinGeckoSource(Source):
         """Return where each field was found, and whether the read stopped early."""
         return ReadReport(fields=self._fields, incomplete=self._incomplete)
 
+    def stored_report(self, raws: list[RawApiRecord]) -> ReadReport:
+        """Match the fields of the stored coins, as a read matches a page's."""
+        return ReadReport(fields=self._match_fields([raw.payload for raw in raws]))
+
     def observations(self, raw: RawApiRecord, report: ReadReport) -> list[Observation]:
         """Turn one coin into up to three observations; a null metric is simply not observed."""
         coin = raw.payload
