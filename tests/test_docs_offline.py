@@ -71,7 +71,7 @@ def test_swagger_ui_does_not_call_the_online_validator(client):
     assert config["validatorUrl"] is None
 
 
-@pytest.mark.parametrize("package", ["swagger-ui-dist", "redoc"])
+@pytest.mark.parametrize("package", ["swagger-ui-dist", "redoc", "uplot"])
 def test_vendored_files_are_the_recorded_versions(package):
     recorded = {p["name"]: p for p in json.loads(MANIFEST.read_text())["packages"]}[package]
 
