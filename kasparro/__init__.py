@@ -8,9 +8,10 @@ from dotenv import load_dotenv
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from kasparro.config import load_settings, secret_values
+from kasparro.config import load_settings, metrics_directory, secret_values
 from kasparro.etl.faults import FailurePlan
 from kasparro.logs import configure_logging
+from kasparro.metrics import prepare_shared_values
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 
@@ -43,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     FailurePlan.parse(app.config["ETL_INJECT_FAILURE"])  # a bad plan fails at start, not mid-run
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], secret_values(app.config))
+    prepare_shared_values(metrics_directory())  # before this process records a metric
     register_extensions(app)
     register_blueprints(app)
     register_request_hooks(app)

@@ -21,6 +21,7 @@ from kasparro.setting import (
     ValueOf,
     at_least,
     number,
+    one_of,
     project_path,
     url_password,
     whole_number,
@@ -50,6 +51,14 @@ def database_url(raw: str) -> str:
         ):
             return url.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
     return raw
+
+
+def metrics_directory() -> str:
+    """Return where prometheus-client shares values between processes (PROMETHEUS_MULTIPROC_DIR).
+
+    The library reads the variable itself, when it is imported; empty: each process keeps its own.
+    """
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
 def flower_passwords(users: str) -> list[str]:
@@ -161,7 +170,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "LOG_FORMAT",
         "",
         "`json` (one object a line) or `console`; empty: `console` on a terminal, else `json`",
-        str.lower,
+        one_of("", "json", "console"),
     ),
     Setting("CORS_ORIGINS", "", "comma-separated origins allowed from browsers; empty: none"),
     Setting(
@@ -291,6 +300,19 @@ COMPOSE_SETTINGS: tuple[Setting, ...] = (
     Setting("POSTGRES_PASSWORD", "", "password of the compose stack's PostgreSQL", secret=True),
     Setting("REDIS_PASSWORD", "", "password of the compose stack's Redis", secret=True),
     Setting("API_PORT", 8000, "host port of the compose stack's API", whole_number),
+    Setting(
+        "GRAFANA_ADMIN_PASSWORD",
+        "",
+        "password of Grafana's `admin` user (`monitoring` profile), taken at Grafana's first start",
+        secret=True,
+    ),
+    Setting("GRAFANA_PORT", 3000, "host port of Grafana (`monitoring` profile)", whole_number),
+    Setting(
+        "PROMETHEUS_PORT",
+        9090,
+        "port of Prometheus on the host's 127.0.0.1 (`monitoring` profile)",
+        whole_number,
+    ),
 )
 
 # Read by docker/entrypoint.sh, which starts each role of the image, never by the app.
@@ -312,7 +334,8 @@ ENTRYPOINT_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "PROMETHEUS_MULTIPROC_DIR",
         "/tmp/kasparro-metrics",
-        "where a role's processes share their metrics; emptied when the role starts",
+        "under which each role's processes share their metrics, in a subdirectory named after "
+        "the role; emptied when the role starts",
     ),
     Setting(
         "BEAT_SCHEDULE_FILE", "/tmp/celerybeat-schedule", "where beat keeps its last run times"
