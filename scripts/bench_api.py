@@ -67,6 +67,9 @@ def gunicorn(
     """Serve ``app_module`` with gunicorn and ``flags``; yield its URL once ``ready`` answers."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # As the entrypoint's api role: the workers share their metrics in files of their own.
+    metrics = tempfile.mkdtemp(prefix="kasparro-bench-metrics-")
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics}
     argv = [
         str(BIN / "gunicorn"),
         "--bind",
@@ -82,6 +85,7 @@ def gunicorn(
         yield base
     finally:
         server.stop()
+        shutil.rmtree(metrics, ignore_errors=True)
 
 
 @dataclass(frozen=True)
