@@ -111,12 +111,12 @@ class RequestMetrics:
 
     def observe(self, rule: str | None, method: str, status: int, seconds: float) -> None:
         """Count one answer to ``method`` on URL rule ``rule`` (None: no rule matched)."""
+        # The method is the client's text: any other value would be a new series, and entry, each.
+        method = method if method in HTTP_METHODS else "other"
         key = (rule, method, status)
         children = self._children.get(key)
         if children is None:
             endpoint = rule or UNMATCHED_ENDPOINT
-            # The method is the client's text: any other value would be a new series each.
-            method = method if method in HTTP_METHODS else "other"
             children = self._children.setdefault(
                 key,
                 (

@@ -239,6 +239,7 @@ def test_a_method_outside_http_is_one_series_whatever_its_name():
     assert changed(before, request_counts()) == {
         (("endpoint", "/data"), ("method", "other"), ("status", "405")): 3
     }
+    assert len(metrics._children) == 1  # nor does each name keep an entry in memory
 
 
 def request_counts() -> Counter:
