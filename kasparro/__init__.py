@@ -140,9 +140,8 @@ def register_blueprints(app: Flask) -> None:
     modules = (data, health, stats, runs, etl, analysis, assets, aliases, metrics, dashboard)
     for module in modules:
         api.register_blueprint(module.blp)
-    init_limiter(
-        app, [data.blp, stats.blp, runs.blp, etl.blp, analysis.blp, assets.blp, aliases.blp]
-    )
+    public = (data, stats, runs, etl, analysis, assets, aliases, dashboard)
+    init_limiter(app, [module.blp for module in public])
 
 
 def register_request_hooks(app: Flask) -> None:

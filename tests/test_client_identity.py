@@ -150,3 +150,30 @@ def test_without_proxies_configured_the_header_is_ignored(make_client, hops):
 def test_a_malformed_trusted_proxy_list_stops_the_start(settings, allowed):
     with pytest.raises(ValueError, match="FORWARDED_ALLOW_IPS"):
         create_app({**settings, "PROXY_FIX_X_FOR": 1, "FORWARDED_ALLOW_IPS": allowed})
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/assets", "/assets/bitcoin", "/assets/unresolved", "/anomalies", "/compare-runs"],
+)
+def test_the_dashboard_and_the_asset_and_analysis_routes_count_against_the_limit(make_client, path):
+    client = make_client()
+
+    statuses = [
+        client.get(path, environ_base={"REMOTE_ADDR": CLIENTS[0]}).status_code
+        for _ in range(LIMIT + 1)
+    ]
+
+    assert 429 not in statuses[:LIMIT]
+    assert statuses[LIMIT] == 429
+
+
+def test_prometheus_is_never_told_to_wait(make_client):
+    client = make_client()
+
+    statuses = {
+        client.get("/metrics", environ_base={"REMOTE_ADDR": CLIENTS[0]}).status_code
+        for _ in range(LIMIT + 1)
+    }
+
+    assert statuses == {200}
