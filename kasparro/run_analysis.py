@@ -41,6 +41,8 @@ from kasparro.models import EtlRun, RunStatus, UnifiedCount, UnifiedRecord
 from kasparro.queries import MAX_ID, InvalidCursor
 
 FINISHED = (RunStatus.SUCCESS, RunStatus.PARTIAL, RunStatus.FAILED)
+# A reprocess re-reads stored rows, not its source: its counts say nothing of the feed's history.
+FINISHED_READS = sa.and_(EtlRun.status.in_(FINISHED), EtlRun.trigger != "reprocess")
 RUN_COUNTS = ("rows_read", "inserted", "updated", "unchanged", "rejected")
 RUN_MEASURES = (*RUN_COUNTS, "duration_ms")
 KINDS = ("run_outlier", "value_jump", "source_disagreement")
@@ -109,7 +111,7 @@ def finished_runs(
     session: Session, source: str, limit: int, before: int | None = None
 ) -> list[EtlRun]:
     """Return ``source``'s newest ``limit`` finished runs (before run ``before``), newest first."""
-    query = sa.select(EtlRun).where(EtlRun.source == source, EtlRun.status.in_(FINISHED))
+    query = sa.select(EtlRun).where(EtlRun.source == source, FINISHED_READS)
     if before is not None:
         query = query.where(EtlRun.id < before)
     return list(session.scalars(query.order_by(EtlRun.id.desc()).limit(limit)))
@@ -412,7 +414,7 @@ def _histories(session: Session, runs: Sequence[EtlRun], size: int) -> dict[int,
     for source, judged in groupby(ordered, key=lambda run: run.source):
         judged = list(judged)
         first, last = judged[0].id, judged[-1].id
-        of_source = sa.select(EtlRun).where(EtlRun.source == source, EtlRun.status.in_(FINISHED))
+        of_source = sa.select(EtlRun).where(EtlRun.source == source, FINISHED_READS)
         earlier = session.scalars(
             of_source.where(EtlRun.id < first).order_by(EtlRun.id.desc()).limit(size)
         ).all()
@@ -428,9 +430,7 @@ def _histories(session: Session, runs: Sequence[EtlRun], size: int) -> dict[int,
 
 def _scan_runs(session: Session, query: AnomalyQuery, position: list[Any] | None) -> Scan:
     """Judge finished runs that ended at or after ``since``, newest first, measure by measure."""
-    selected = sa.select(EtlRun).where(
-        EtlRun.status.in_(FINISHED), EtlRun.finished_at >= query.since
-    )
+    selected = sa.select(EtlRun).where(FINISHED_READS, EtlRun.finished_at >= query.since)
     if query.source is not None:
         selected = selected.where(EtlRun.source == query.source)
     if position is not None:

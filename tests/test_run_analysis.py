@@ -24,7 +24,13 @@ NORMAL_ROWS = [1000, 1001, 999, 1000] * 5
 NORMAL_DURATIONS = [5000, 5040, 4960, 5020, 4980] * 4
 
 
-def add_run(source: str, hour: int, status: str = RunStatus.SUCCESS, **counts) -> EtlRun:
+def add_run(
+    source: str,
+    hour: int,
+    status: str = RunStatus.SUCCESS,
+    trigger: str = "schedule",
+    **counts,
+) -> EtlRun:
     """Store a run of ``source`` that started at BASE + ``hour`` hours with the given counts."""
     started = BASE + timedelta(hours=hour)
     duration = counts.pop("duration_ms", 5000)
@@ -33,7 +39,7 @@ def add_run(source: str, hour: int, status: str = RunStatus.SUCCESS, **counts) -
     run = EtlRun(
         source=source,
         status=status,
-        trigger="schedule",
+        trigger=trigger,
         started_at=started,
         finished_at=started + timedelta(milliseconds=duration) if finished else None,
         duration_ms=duration if finished else None,
@@ -153,6 +159,19 @@ def test_a_spike_in_run_counts_is_flagged_with_its_robust_z_score(app, client):
     assert "rows_read of run 21 was 1500 against a median of 1000" in rows_read["reason"]
     assert "robust z-score 674.50" in rows_read["reason"]
     assert [a["run"]["scale"] for a in body["anomalies"]] == ["mad", "unit", "mean_ad"]
+
+
+@pytest.mark.parametrize("rows_read", [0, 1_000_000])
+def test_a_reprocess_is_neither_judged_nor_part_of_a_history(app, client, rows_read):
+    normal_history("csv1")
+    reprocess = add_run("csv1", 20, trigger="reprocess", rows_read=rows_read, duration_ms=90_000)
+    after = add_run("csv1", 21, rows_read=1000, duration_ms=5000)
+
+    body = anomalies(client, since=reprocess.started_at.isoformat())
+    history = run_analysis._histories(db.session, [after], 20)[after.id]
+
+    assert body["anomalies"] == []
+    assert reprocess not in history and len(history) == 20
 
 
 def test_a_run_with_too_little_history_is_not_judged(app, client):
@@ -422,6 +441,7 @@ def test_compare_runs_defaults_to_the_last_two_finished_runs(app, client):
     newer = add_run("csv1", 2, status=RunStatus.FAILED, rows_read=0, inserted=0)
     add_run("csv1", 3, status=RunStatus.SKIPPED)
     add_run("csv1", 4, status=RunStatus.RUNNING)
+    add_run("csv1", 5, trigger="reprocess", rows_read=5000)  # stored rows read again: no load
     add_run("csv2", 5)
 
     body = compare(client, source="csv1")
