@@ -5,7 +5,7 @@ from datetime import UTC
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from kasparro.asset_views import INTERVALS, MAX_HISTORY_LIMIT, PRICE, RESOLVED_FROM_WINDOW, SORTS
-from kasparro.etl.assets import alias_text
+from kasparro.etl.assets import alias_text, alias_too_long
 from kasparro.etl.sources import SOURCES
 from kasparro.models import RUN_TRIGGERS, Asset, RunStatus
 from kasparro.queries import EXACT_COUNT_LIMIT
@@ -824,6 +824,8 @@ class AliasRequestSchema(Schema):
             raise ValidationError("give exactly one of name and symbol", "_schema")
         if not alias_text(data[given[0]]):
             raise ValidationError("must not be blank", given[0])
+        if too_long := alias_too_long(data[given[0]]):
+            raise ValidationError(f"is {too_long}", given[0])
 
 
 class AliasAddedSchema(AliasSchema):

@@ -361,19 +361,22 @@ ALIASES = [
     [
         pytest.param({"name": " xbt COIN "}, "bitcoin", id="a-name-alias"),
         pytest.param({"symbol": "Xbt"}, "bitcoin", id="a-symbol-alias"),
-        pytest.param({"name": "XBT Coin", "symbol": "ETH"}, "bitcoin", id="name-alias-over-symbol"),
+        pytest.param({"name": "XBT Coin"}, "bitcoin", id="a-name-alias-over-nothing"),
+        pytest.param(
+            {"name": "XBT Coin", "symbol": "ETH"}, "ethereum", id="a-unique-symbol-over-name-alias"
+        ),
         pytest.param(
             {"asset_hint": "ethereum", "name": "XBT Coin"}, "ethereum", id="id-over-alias"
         ),
         pytest.param({"name": "Wrapped"}, "wrapped-x", id="a-shared-name-settled"),
-        pytest.param({"name": "Wrapped", "symbol": "WY"}, "wrapped-x", id="alias-over-narrowing"),
+        pytest.param({"name": "Wrapped", "symbol": "WY"}, "wrapped-y", id="narrowing-over-alias"),
         pytest.param({"symbol": "uni"}, "uniswap", id="a-shared-ticker-settled"),
         pytest.param({"name": "Unheard Of", "symbol": "UNI"}, "uniswap", id="unknown-name"),
         pytest.param({"name": "Universe", "symbol": "UNI"}, "universe-token", id="name-over-alias"),
         pytest.param({"name": "Tether", "symbol": "XBT"}, "tether", id="name-over-symbol-alias"),
     ],
 )
-def test_an_alias_settles_a_name_or_symbol_but_never_outranks_an_id_or_a_resolving_name(
+def test_an_alias_settles_a_name_or_symbol_but_never_changes_an_answer_given_without_it(
     observation, expected
 ):
     fields = {"external_id": "e", "metric": "price_usd", "value": 1, "timestamp": None}

@@ -12,6 +12,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.test_maintained_counts import assert_exact
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+LONG_ONCE_LOWERED = "İ" * 200  # 200 characters, 400 once lower-cased: over asset_aliases.alias
 # Rows whose coin the bundled feeds and the seed do not know: csv1 gives no symbol, csv2 does.
 CSV1_UNKNOWN = [
     "xbt-1,XBT Coin,87000,2025-12-28T00:00:00Z",
@@ -237,6 +238,9 @@ def test_a_ticker_two_coins_share_resolves_only_through_an_alias(
         pytest.param(AUTH, {"asset_id": "bitcoin", "name": "   "}, 422, "blank", id="blank"),
         pytest.param(AUTH, {"name": "x"}, 422, "asset_id", id="no-asset"),
         pytest.param(AUTH, {"asset_id": "bitcoin", "name": 5}, 422, "name", id="not-text"),
+        pytest.param(
+            AUTH, {"asset_id": "bitcoin", "name": LONG_ONCE_LOWERED}, 422, "lower", id="lowered"
+        ),
     ],
 )
 def test_adding_an_alias_over_http_is_refused_with_the_reason(
@@ -283,6 +287,10 @@ def test_the_alias_list_pages_oldest_first_and_filters_by_asset(admin_client, ru
         (["--asset", "bitcoin", "--name", "x", "--symbol", "y"], "exactly one of"),
         (["--asset", "bitcoin"], "exactly one of"),
         (["--asset", "bitcoin", "--symbol", "  "], "the symbol is empty"),
+        (
+            ["--asset", "bitcoin", "--name", LONG_ONCE_LOWERED],
+            "the name is longer than 200 characters once lower-cased (400)",
+        ),
     ],
 )
 def test_adding_an_alias_from_the_cli_is_refused_with_the_reason(runner, run_etl, args, says):
@@ -293,3 +301,21 @@ def test_adding_an_alias_from_the_cli_is_refused_with_the_reason(runner, run_etl
     assert done.exit_code != 0
     assert says in done.output
     assert db.session.scalar(sa.select(sa.func.count()).select_from(AssetAlias)) == 0
+
+
+def test_a_name_too_long_once_lower_cased_is_refused_naming_the_field(admin_client, run_etl):
+    run_etl("csv1")
+
+    answer = admin_client.post(
+        "/assets/aliases", json={"asset_id": "bitcoin", "name": LONG_ONCE_LOWERED}, headers=AUTH
+    )
+
+    assert answer.status_code == 422
+    assert answer.get_json()["errors"]["json"] == {
+        "name": ["is longer than 200 characters once lower-cased (400)"]
+    }
+    fits = admin_client.post(
+        "/assets/aliases", json={"asset_id": "bitcoin", "name": "İ" * 100}, headers=AUTH
+    )
+    assert fits.status_code == 201
+    assert fits.get_json()["alias"] == "İ".lower() * 100

@@ -6,11 +6,18 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from kasparro.etl.parsing import parse_timestamp
+from kasparro.etl.parsing import InvalidValue, parse_timestamp
 from kasparro.etl.runs import fail_run, start_run
 from kasparro.etl.sources import csv_feed
 from kasparro.extensions import db
-from kasparro.models import AssetAlias, Checkpoint, EtlRun, RawCsvRecord, UnifiedRecord
+from kasparro.models import (
+    AssetAlias,
+    Checkpoint,
+    EtlRun,
+    RawCsvRecord,
+    RejectedRecord,
+    UnifiedRecord,
+)
 from tests.csv_files import loaded_values, rejections, write
 from tests.test_maintained_counts import assert_exact
 
@@ -61,18 +68,21 @@ def reprocess(runner, *args: str):
     return runner.invoke(args=["etl", "reprocess", *args])
 
 
-def assert_csv1_reprocess_finds_every_row_unchanged(runner) -> None:
-    """Reprocess csv1 (its bundled rows and the dotted one); check its run counts all unchanged."""
+def assert_csv1_reprocess_changes_nothing(runner, rejected: int) -> None:
+    """Reprocess csv1 (its bundled rows and the dotted one); check it found them as they were.
+
+    ``rejected`` rows are still rejected: they count as rejected, and make the run PARTIAL.
+    """
     done = reprocess(runner, "--source", "csv1")
     assert done.exit_code == 0, done.output
     assert counts(newest_run()) == {
         "trigger": "reprocess",
-        "status": "SUCCESS",
+        "status": "PARTIAL" if rejected else "SUCCESS",
         "rows_read": BUNDLED_CSV1_ROWS + 1,
         "inserted": 0,
         "updated": 0,
-        "unchanged": BUNDLED_CSV1_ROWS + 1,
-        "rejected": 0,
+        "unchanged": BUNDLED_CSV1_ROWS + 1 - rejected,
+        "rejected": rejected,
     }
 
 
@@ -118,16 +128,63 @@ def test_a_reprocess_after_a_parser_fix_turns_a_rejected_row_into_an_observation
 
     # A second reprocess finds everything as it is.
     tables = table_counts()
-    assert_csv1_reprocess_finds_every_row_unchanged(runner)
+    assert_csv1_reprocess_changes_nothing(runner, rejected=0)
     changed = {name for name, count in table_counts().items() if tables[name] != count}
     assert changed <= RUN_TABLES
     assert checkpoint("csv1") == before
 
 
-def test_a_row_still_rejected_stays_rejected_and_counts_unchanged(runner, rejected_row):
-    assert_csv1_reprocess_finds_every_row_unchanged(runner)
+def rejected_rows() -> list[tuple]:
+    """Return every stored rejection: its key, reason, run and time."""
+    db.session.expire_all()
+    return db.session.execute(
+        sa.select(
+            RejectedRecord.record_key,
+            RejectedRecord.reason,
+            RejectedRecord.run_id,
+            RejectedRecord.rejected_at,
+        ).order_by(RejectedRecord.id)
+    ).all()
+
+
+def test_a_row_still_rejected_stays_rejected_counts_rejected_and_makes_the_run_partial(
+    runner, rejected_row, table_counts
+):
+    stored = rejected_rows()
+
+    assert_csv1_reprocess_changes_nothing(runner, rejected=1)
 
     assert rejections("csv1") == [("line 16", "unrecognised timestamp: '28.12.2025'")]
+    assert rejected_rows() == stored  # the same reason: its first rejection stays as it was
+    tables = table_counts()
+    assert_csv1_reprocess_changes_nothing(runner, rejected=1)
+    assert {name for name, count in table_counts().items() if tables[name] != count} <= RUN_TABLES
+    assert rejected_rows() == stored
+
+
+def test_a_row_rejected_for_a_new_reason_keeps_the_new_reason_once(
+    runner, rejected_row, monkeypatch, table_counts
+):
+    def refuses_dotted_dates(raw):
+        if isinstance(raw, str) and "." in raw:
+            raise InvalidValue(f"dotted date: {raw!r}")
+        return parse_timestamp(raw)
+
+    monkeypatch.setattr(csv_feed, "parse_timestamp", refuses_dotted_dates)
+
+    assert_csv1_reprocess_changes_nothing(runner, rejected=1)
+
+    run = newest_run()
+    assert rejections("csv1") == [("line 16", "dotted date: '28.12.2025'")]
+    [(_, _, run_id, rejected_at)] = stored = rejected_rows()
+    assert run_id == run.id
+    assert rejected_at >= run.started_at
+    assert_exact()
+    # Idempotent: a second reprocess writes nothing new.
+    tables = table_counts()
+    assert_csv1_reprocess_changes_nothing(runner, rejected=1)
+    assert {name for name, count in table_counts().items() if tables[name] != count} <= RUN_TABLES
+    assert rejected_rows() == stored
 
 
 @pytest.mark.parametrize("source", ["coingecko_api", "csv1", "csv2"])
@@ -139,9 +196,10 @@ def test_a_reprocess_of_what_nothing_changed_changes_nothing(runner, run_etl, ta
 
     assert done.exit_code == 0, done.output
     run = newest_run()
-    assert (run.trigger, run.inserted, run.updated, run.rejected) == ("reprocess", 0, 0, 0)
+    assert (run.trigger, run.inserted, run.updated) == ("reprocess", 0, 0)
+    assert (run.status, run.rejected) == (first.status, first.rejected)  # still rejected
     assert run.rows_read == first.rows_read
-    assert run.unchanged == first.inserted + first.rejected
+    assert run.unchanged == first.inserted
     changed = {name for name, count in table_counts().items() if tables[name] != count}
     assert changed <= RUN_TABLES
     assert loaded_values(source) == values

@@ -15,10 +15,12 @@ from kasparro.db_types import utcnow
 from kasparro.etl.load import insert_many
 from kasparro.etl.sources.base import KnownAsset, Observation
 from kasparro.etl.versions import record_change
-from kasparro.models import Asset, AssetAlias, UnifiedRecord, UnifiedTotal
+from kasparro.models import Asset, AssetAlias, DataVersion, UnifiedRecord, UnifiedTotal
 
 ANSWERS_KEPT = 10_000
 ALIAS_KINDS = ("name", "symbol")
+ALIAS_LENGTH = AssetAlias.alias.type.length  # of the stored, lower-cased form
+ALIASES_SCOPE = "aliases"  # the data_versions counter every alias commit moves
 
 
 def alias_text(text: str) -> str:
@@ -26,19 +28,38 @@ def alias_text(text: str) -> str:
     return text.strip().lower()
 
 
+def alias_too_long(text: str) -> str | None:
+    """Return why ``text`` cannot be stored as an alias once lower-cased, or None if it can."""
+    # Lower-casing can lengthen a text: "İ" becomes two characters.
+    length = len(alias_text(text))
+    if length > ALIAS_LENGTH:
+        return f"longer than {ALIAS_LENGTH} characters once lower-cased ({length})"
+    return None
+
+
+def aliases_version(session: Session) -> int:
+    """Return the counter every alias commit moves (0 before the first): one primary-key read."""
+    version = session.scalar(
+        sa.select(DataVersion.version).where(DataVersion.scope == ALIASES_SCOPE)
+    )
+    return version or 0
+
+
 class AssetResolver:
-    """Resolve by an id the source gives, then a name, then a symbol.
+    """Resolve by an id the source gives, then a name, then a symbol; aliases fill the gaps.
 
     1. An id the source gives that is a known asset's id.
-    2. The name: an operator's alias for the name decides; otherwise the assets of that name,
-       narrowed by the symbol when several coins share it (still several, or none left: nothing).
-    3. The symbol, when no asset or alias has the name: an operator's alias for the symbol
-       decides; otherwise the one asset with that symbol (two coins on one ticker: nothing).
+    2. The name: the assets of that name, narrowed by the symbol when several coins share it
+       (still several, or none left: no answer).
+    3. The symbol, when no asset has the name: the one asset with that symbol (two coins on one
+       ticker: no answer).
+    4. Only when those give no single answer (unknown, or ambiguous), the operator's aliases: an
+       alias of the name, or an alias of the symbol (when the name is not an asset's, or names
+       the symbol alias's asset among others). When both apply, the older alias decides.
 
-    Names, symbols and aliases are compared stripped and case-insensitively. An alias outranks
-    what the assets table says of the same name or symbol, so an operator can settle a name or
-    a ticker that several coins share; it never outranks a known id, nor (for a symbol alias) a
-    name that resolves.
+    So an alias never changes the answer for an observation that resolves without it: not one
+    the assets settle, nor one an older alias settled. Names, symbols and aliases are compared
+    stripped and case-insensitively.
     """
 
     def __init__(
@@ -49,7 +70,9 @@ class AssetResolver:
         self._symbols: dict[str, str] = {}
         self._by_name: dict[str, set[str]] = defaultdict(set)
         self._by_symbol: dict[str, set[str]] = defaultdict(set)
-        self._aliases: dict[str, dict[str, str]] = {kind: {} for kind in ALIAS_KINDS}
+        # kind -> alias -> (age rank, asset id): aliases are given, and added, oldest first.
+        self._aliases: dict[str, dict[str, tuple[int, str]]] = {kind: {} for kind in ALIAS_KINDS}
+        self._aliases_learnt = 0
         # A feed names the same few coins again and again: each answer is kept until an add.
         self._answers: dict[tuple[str | None, str | None, str | None], str | None] = {}
         for asset_id, symbol, name in assets:
@@ -59,10 +82,12 @@ class AssetResolver:
 
     @classmethod
     def load(cls, session: Session) -> "AssetResolver":
-        """Build a resolver from every asset and every alias, in two queries."""
+        """Build a resolver from every asset and every alias (oldest first), in two queries."""
         assets = session.execute(sa.select(Asset.id, Asset.symbol, Asset.name)).tuples()
         aliases = session.execute(
-            sa.select(AssetAlias.kind, AssetAlias.alias, AssetAlias.asset_id)
+            sa.select(AssetAlias.kind, AssetAlias.alias, AssetAlias.asset_id).order_by(
+                AssetAlias.id
+            )
         ).tuples()
         return cls(assets, aliases)
 
@@ -74,17 +99,15 @@ class AssetResolver:
         self._by_symbol[alias_text(symbol)].add(asset_id)
 
     def add_alias(self, kind: str, alias: str, asset_id: str) -> None:
-        """Learn that the name or symbol ``alias`` (``kind``) means ``asset_id``."""
+        """Learn that the name or symbol ``alias`` (``kind``) means ``asset_id``; it is newest."""
         self._answers.clear()
-        self._aliases[kind][alias_text(alias)] = asset_id
+        self._aliases_learnt += 1
+        self._aliases[kind][alias_text(alias)] = (self._aliases_learnt, asset_id)
 
-    def candidates(self, kind: str, text: str) -> set[str]:
-        """Return the assets a name or a symbol alone points at: its alias's, or every holder's."""
-        key = alias_text(text)
-        if key in self._aliases[kind]:
-            return {self._aliases[kind][key]}
+    def holders(self, kind: str, text: str) -> set[str]:
+        """Return the assets whose own name or symbol (``kind``) is ``text``, aliases aside."""
         held = self._by_name if kind == "name" else self._by_symbol
-        return set(held.get(key, ()))
+        return set(held.get(alias_text(text), ()))
 
     def resolve(self, observation: Observation) -> str | None:
         """Return the canonical id of the observed coin, or None when it is unknown or ambiguous."""
@@ -104,21 +127,25 @@ class AssetResolver:
     def _identify(self, name: str | None, symbol: str | None, asset_hint: str | None) -> str | None:
         if asset_hint in self._symbols:
             return asset_hint
-        by_symbol = self.candidates("symbol", symbol) if symbol else set()
-        by_name = self.candidates("name", name or "")
-        if by_name:
-            if len(by_name) > 1 and by_symbol:
-                by_name = by_name & by_symbol
-            return _only(by_name)
-        return _only(by_symbol)
+        named = self.holders("name", name or "")
+        ticked = self.holders("symbol", symbol) if symbol else set()
+        if named:
+            found = named & ticked if len(named) > 1 and ticked else named
+        else:
+            found = ticked
+        if len(found) == 1:
+            return next(iter(found))
+        settling = []
+        if name and (by_name := self._aliases["name"].get(alias_text(name))):
+            settling.append(by_name)
+        by_symbol = self._aliases["symbol"].get(alias_text(symbol)) if symbol else None
+        if by_symbol and (not named or by_symbol[1] in named):
+            settling.append(by_symbol)
+        return min(settling)[1] if settling else None
 
     def symbol_of(self, asset_id: str | None) -> str | None:
         """Return the ticker of a known asset, upper-case."""
         return self._symbols.get(asset_id) if asset_id else None
-
-
-def _only(candidates: set[str]) -> str | None:
-    return next(iter(candidates)) if len(candidates) == 1 else None
 
 
 def upsert_assets(session: Session, assets: Iterable[KnownAsset], origin: str) -> None:
@@ -187,17 +214,19 @@ class AliasAdded:
 def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdded:
     """Store an alias and resolve the past observations it matches, in one transaction.
 
-    Refused (AliasConflict) when the name or symbol is another asset's alias, or resolves on its
-    own to one other asset: an alias settles what does not resolve, or what several coins share;
-    it never silently re-routes a coin that resolves. Adding an alias that exists already
-    changes nothing but resolves again what it matches (rows a run loaded meanwhile with an
-    older view of the aliases, say).
+    Refused (AliasConflict) when the name or symbol is another asset's alias, or is one other
+    asset's own name or symbol. An alias only decides for observations that resolve to no single
+    asset without it (see AssetResolver), so it never re-routes a coin. Adding an alias that
+    exists already changes nothing but resolves again what it matches (rows a run loaded
+    meanwhile with an older view of the aliases, say).
     """
     if kind not in ALIAS_KINDS:
         raise ValueError(f"an alias is a name or a symbol, not {kind!r}")
     key, asset_id = alias_text(text), asset_id.strip().lower()
     if not key:
         raise ValueError(f"the {kind} is empty")
+    if too_long := alias_too_long(text):
+        raise ValueError(f"the {kind} is {too_long}")
     if session.get(Asset, asset_id) is None:
         raise UnknownAsset(f"no asset has the id {asset_id!r}")
     resolver = AssetResolver.load(session)
@@ -213,14 +242,15 @@ def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdd
         except IntegrityError:
             session.rollback()
             raise AliasConflict(f"the {kind} alias {key!r} was added meanwhile") from None
+        resolver.add_alias(kind, key, asset_id)  # the newest alias: older ones keep their rows
         created = True
     elif stored.asset_id != asset_id:
         raise AliasConflict(f"the {kind} alias {key!r} already means {stored.asset_id!r}")
     else:
         created = False
-    resolver.add_alias(kind, key, asset_id)
     resolved = back_fill(session, resolver, kind, key, asset_id)
-    record_change(session, "aliases")  # kept answers that show these rows are out of date
+    # Kept answers that show these rows are out of date; runs under way reload their resolver.
+    record_change(session, ALIASES_SCOPE)
     added = AliasAdded(
         stored.id, kind, key, asset_id, stored.created_at, created=created, resolved=resolved
     )
@@ -229,7 +259,7 @@ def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdd
 
 
 def _refuse_a_resolving_alias(resolver: AssetResolver, kind: str, key: str, asset_id: str) -> None:
-    holders = resolver.candidates(kind, key)
+    holders = resolver.holders(kind, key)
     if len(holders) == 1 and asset_id not in holders:
         raise AliasConflict(f"the {kind} {key!r} already means {next(iter(holders))!r}")
 
@@ -240,10 +270,10 @@ def back_fill(session: Session, resolver: AssetResolver, kind: str, key: str, as
     Only rows still unresolved change: their key does not, so nothing is duplicated. The rows
     are those the resolver, alias included, now gives ``asset_id``, found among the distinct
     names and symbols of unresolved rows, which the partial index ``ix_unified_unresolved``
-    holds: the spellings of the aliased name or symbol and, for a symbol, the names that do not
-    resolve to another coin (by the resolver's rules, whether an unresolved row follows a name
-    alias depends on nothing else, and whether it follows a symbol alias on its name alone). A
-    row without a symbol takes the asset's ticker, as a run would have given it.
+    holds: the spellings of the aliased name or symbol, with the symbols (or names) beside which
+    the resolver now answers ``asset_id``. Spellings of one text compare equal, so every
+    unresolved row of a chosen name and a chosen symbol is one the resolver gives ``asset_id``.
+    A row without a symbol takes the asset's ticker, as a run would have given it.
     """
     unresolved = UnifiedRecord.asset_id.is_(None)
     pairs = session.execute(

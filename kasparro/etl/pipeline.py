@@ -21,7 +21,12 @@ import structlog
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.assets import AssetResolver, seeded_resolver, upsert_assets
+from kasparro.etl.assets import (
+    AssetResolver,
+    aliases_version,
+    seeded_resolver,
+    upsert_assets,
+)
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
 from kasparro.etl.parsing import InvalidValue, check_text, storable
@@ -143,6 +148,7 @@ class BatchLoader:
             source=run.source, cursor={}, last_raw_id=0
         )
         self.resolver: AssetResolver | None = None
+        self.aliases_version = 0  # of the aliases the resolver knows
         self.processed = 0
         self.loaded_up_to = self.checkpoint.last_raw_id  # when the run began
         model = source.raw_model
@@ -192,8 +198,14 @@ class BatchLoader:
     def load(self, raws: list[Any], report: ReadReport) -> None:
         """Transform and upsert ``raws`` (in id order), move the checkpoint past them, commit."""
         session, run, source = self.session, self.run, self.source
-        if self.resolver is None:  # an unchanged source never gets here: it costs one query
+        # An alias added since the resolver was built counts from the next batch on; checking
+        # costs one primary-key read a batch, and an unchanged source never gets here.
+        aliases = aliases_version(session)
+        if self.resolver is None:
             self.resolver = seeded_resolver(session, self.settings["ASSETS_SEED_PATH"])
+        elif aliases != self.aliases_version:
+            self.resolver = AssetResolver.load(session)
+        self.aliases_version = aliases
         unified, rejections = transform_batch(session, source, run, raws, report, self.resolver)
         self.processed += len(raws)
         if self.failure:

@@ -4,12 +4,15 @@ After a parser fix or a new alias, the raw rows already stored say more than the
 made from them. A reprocess reads them again in id order, batch by batch (``ETL_BATCH_SIZE``),
 and puts each batch through the same transform and upsert as a run: observations are inserted
 or updated where they differ, rows rejected before that now pass leave ``rejected_records`` in
-the batch's transaction, and rows still rejected stay there as they were.
+the batch's transaction, and rows still rejected stay there, with the reason (and the run) of
+this reprocess when the reason changed. Rows still rejected count as ``rejected``, so a
+reprocess that leaves any ends PARTIAL, as a run does.
 
 It is a run (trigger ``reprocess``) under the source's one-run lock, so it never overlaps a run
 of the same source, and it reads only raw rows the checkpoint covers: rows past it belong to the
 next run, and the checkpoint itself never moves. It is idempotent: a second reprocess finds
-every observation as it is, and counts it unchanged, as it does a row still rejected.
+every observation as it is, and counts it unchanged, and every rejection as it is, and writes
+nothing.
 
 ``since`` is when Kasparro received the raw row (its ``received_at``), not the observation's own
 time: a rejected row may have no readable time, and raw rows are received in id order, so the
@@ -23,7 +26,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.orm import Session
 
-from kasparro.etl.assets import AssetResolver, seeded_resolver
+from kasparro.db_types import utcnow
+from kasparro.etl.assets import AssetResolver, aliases_version, seeded_resolver
 from kasparro.etl.load import UNIFIED_KEY, insert_rejections, upsert_unified
 from kasparro.etl.pipeline import transform_batch
 from kasparro.etl.runs import fail_run, finish_run, heartbeat_or_abandon, start_run
@@ -71,6 +75,7 @@ def _reprocess(
     covered = checkpoint.last_raw_id if checkpoint else 0
     model = source.raw_model
     after = last_raw_id_before(session, model, since, covered) if since else 0
+    known_aliases = aliases_version(session)
     resolver = seeded_resolver(session, settings["ASSETS_SEED_PATH"])
     columns = model.__table__.c
     recovered = 0
@@ -81,6 +86,8 @@ def _reprocess(
         .order_by(columns.id)
         .limit(settings["ETL_BATCH_SIZE"])
     ).all():
+        if (aliases := aliases_version(session)) != known_aliases:  # one added meanwhile
+            resolver, known_aliases = AssetResolver.load(session), aliases
         recovered += _reprocess_batch(session, run, source, raws, resolver)
         after = raws[-1].id
     run.details = {
@@ -145,12 +152,35 @@ def _reprocess_batch(
             .where(RejectedRecord.source == run.source, RejectedRecord.record_key.in_(passed))
             .execution_options(synchronize_session=False)
         ).rowcount
-    new = insert_rejections(session, rejections)
-    run.rejected += new
-    run.unchanged += len(rejections) - new  # rejected before, for a reason already recorded
+    _restate_reasons(session, run, rejections)
+    insert_rejections(session, rejections)
+    run.rejected += len(rejections)  # still rejected, as before or for the first time
     heartbeat_or_abandon(session, run)
     session.commit()
     return recovered
+
+
+def _restate_reasons(session: Session, run: EtlRun, rejections: list[dict[str, Any]]) -> None:
+    """Give the stored rejections whose reason changed the new reason, time and run.
+
+    One UPDATE per ``KEYS_PER_LOOKUP`` rejections, matching only rows whose reason differs: a
+    reason that did not change leaves its row as it was, so a second reprocess writes nothing.
+    """
+    for start in range(0, len(rejections), KEYS_PER_LOOKUP):
+        chunk = {
+            row["record_key"]: row["reason"] for row in rejections[start : start + KEYS_PER_LOOKUP]
+        }
+        reason = sa.case(chunk, value=RejectedRecord.record_key)
+        session.execute(
+            sa.update(RejectedRecord)
+            .where(
+                RejectedRecord.source == run.source,
+                RejectedRecord.record_key.in_(list(chunk)),
+                RejectedRecord.reason != reason,
+            )
+            .values(reason=reason, run_id=run.id, rejected_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _drop_restated(
