@@ -262,6 +262,16 @@ def broker_env(redis_url, coingecko, csv_paths, postgres_url):
     }
 
 
+def queued_on_redis(env: dict[str, str]) -> dict[str, object]:
+    """Return Celery's settings for an app that queues its tasks for a worker on ``env``'s Redis."""
+    return {
+        "broker_url": env["CELERY_BROKER_URL"],
+        "result_backend": env["CELERY_RESULT_BACKEND"],
+        "task_default_queue": env["CELERY_QUEUE"],
+        "task_always_eager": False,
+    }
+
+
 @pytest.fixture
 def broker_app(broker_env, csv_paths):
     """Yield an app on PostgreSQL that queues its tasks on Redis instead of running them."""
@@ -275,12 +285,7 @@ def broker_app(broker_env, csv_paths):
             **{setting: env[setting] for setting in csv_paths},
             "REDIS_URL": env["CELERY_BROKER_URL"],
             **FAST_UPSTREAM,
-            "CELERY": {
-                "broker_url": env["CELERY_BROKER_URL"],
-                "result_backend": env["CELERY_RESULT_BACKEND"],
-                "task_default_queue": env["CELERY_QUEUE"],
-                "task_always_eager": False,
-            },
+            "CELERY": queued_on_redis(env),
         }
     )
     with application.app_context():

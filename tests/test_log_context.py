@@ -17,7 +17,7 @@ import structlog
 
 from kasparro import create_app
 from kasparro.extensions import db
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, queued_on_redis
 from tests.processes import eventually
 from tests.test_celery_runs import wait_for_run
 
@@ -189,12 +189,7 @@ def worker_app(broker_env, database_url):
         {
             "SQLALCHEMY_DATABASE_URI": database_url,
             "ETL_ADMIN_TOKEN": ADMIN_TOKEN,
-            "CELERY": {
-                "broker_url": broker_env["CELERY_BROKER_URL"],
-                "result_backend": broker_env["CELERY_RESULT_BACKEND"],
-                "task_default_queue": broker_env["CELERY_QUEUE"],
-                "task_always_eager": False,
-            },
+            "CELERY": queued_on_redis(broker_env),
         }
     )
     with application.app_context():
