@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -219,3 +220,16 @@ def test_grafana_reads_prometheus_and_the_dashboards_where_compose_puts_them(com
     # Grafana's step for $__rate_interval is the scrape interval.
     scrape_interval = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]["scrape_interval"]
     assert datasources["datasources"][0]["jsonData"]["timeInterval"] == scrape_interval
+
+
+def test_the_metric_list_is_what_metrics_serves_after_runs(client, run_etl):
+    run_etl("csv1", "coingecko_api")
+    client.get("/data")
+
+    served = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+        if family.name.startswith("kasparro_")
+    }
+
+    assert served == METRICS
