@@ -149,6 +149,10 @@ def pick_runs(
         earlier = previous[0]
     else:
         earlier = _get_run(session, run_a, "run_a")
+        if earlier.id >= later.id:
+            raise InvalidComparison(
+                "run_a", f"run_a ({earlier.id}) must be an earlier run than run_b ({later.id})"
+            )
     if earlier.source != later.source:
         raise InvalidComparison(
             "run_b",

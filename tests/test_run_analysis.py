@@ -462,10 +462,15 @@ def test_compare_runs_refuses_unknown_runs_runs_of_two_sources_and_no_source(app
     assert compare(client, 422, run_a=csv1.id, run_b=csv2.id)["errors"]["query"].keys() == {"run_b"}
     assert compare(client, 422)["errors"]["query"].keys() == {"source"}
     assert compare(client, 422, run_a=csv1.id)["errors"]["query"].keys() == {"run_b"}
-    mismatch = compare(client, 422, run_a=csv1.id, run_b=csv1.id, source="csv2")
-    assert mismatch["errors"]["query"].keys() == {"source"}
     assert compare(client, 422, run_a=0, run_b=csv1.id)["errors"]["query"].keys() == {"run_a"}
     assert compare(client, 422, top=101, source="csv1")["errors"]["query"].keys() == {"top"}
     # One finished run is not enough to compare, nor a run without one before it.
     assert "two are compared" in compare(client, 404, source="csv1")["message"]
     assert compare(client, 404, run_b=csv1.id)["message"].startswith(f"run {csv1.id}")
+    later = add_run("csv1", 2)
+    mismatch = compare(client, 422, run_a=csv1.id, run_b=later.id, source="csv2")
+    assert mismatch["errors"]["query"].keys() == {"source"}
+    # The same run twice, or the later run first, compares nothing: run_a must come first.
+    for run_a, run_b in ((csv1.id, csv1.id), (later.id, csv1.id)):
+        wrong = compare(client, 422, run_a=run_a, run_b=run_b)["errors"]["query"]
+        assert wrong.keys() == {"run_a"} and "earlier run" in wrong["run_a"][0]
