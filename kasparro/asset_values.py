@@ -34,7 +34,7 @@ class Consensus:
     median: Decimal
     low: Decimal
     high: Decimal
-    spread_percent: float | None  # None when the median is zero
+    spread_percent: float | None  # None with one value (nothing to compare) or a zero median
     sources: int
 
 
@@ -46,7 +46,8 @@ def consensus(values: Sequence[Decimal]) -> Consensus | None:
     middle = len(ordered) // 2
     median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
     low, high = ordered[0], ordered[-1]
-    spread = float((high - low) / abs(median) * 100) if median else None
+    compared = len(ordered) > 1 and median
+    spread = float((high - low) / abs(median) * 100) if compared else None
     return Consensus(median, low, high, spread, len(ordered))
 
 

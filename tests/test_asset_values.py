@@ -13,7 +13,8 @@ from kasparro.models import UnifiedRecord
 @pytest.mark.parametrize(
     ("values", "median", "spread"),
     [
-        (["100"], "100", 0.0),
+        (["100"], "100", None),
+        (["100", "100"], "100", 0.0),
         (["99", "101"], "100", 2.0),
         (["90", "100", "130"], "100", 40.0),
         (["1", "2", "3", "10"], "2.5", 360.0),
@@ -23,7 +24,7 @@ def test_consensus_is_the_median_and_the_range_as_a_share_of_it(values, median, 
     agreed = consensus([Decimal(v) for v in values])
 
     assert agreed.median == Decimal(median)
-    assert agreed.spread_percent == pytest.approx(spread)
+    assert agreed.spread_percent == (spread if spread is None else pytest.approx(spread))
     assert (agreed.low, agreed.high) == (min(map(Decimal, values)), max(map(Decimal, values)))
     assert agreed.sources == len(values)
 
