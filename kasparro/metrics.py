@@ -12,13 +12,14 @@ is first imported (docker/entrypoint.sh exports it); without it, a process serve
 import functools
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -30,7 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
-from kasparro.models import EtlRun, RunStatus, UnifiedTotal
+from kasparro.models import EtlRun, RunStatus, RunSummary, UnifiedTotal
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus 2 reads
 # prometheus-client chose where values live when it was imported (PROMETHEUS_MULTIPROC_DIR set:
@@ -44,7 +45,6 @@ disable_created_metrics()
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ENDPOINT = "unmatched"
 ROW_OUTCOMES = ("read", "inserted", "updated", "unchanged", "rejected")
-SUCCESSFUL = frozenset({RunStatus.SUCCESS, RunStatus.PARTIAL})
 
 HTTP_REQUESTS = Counter(
     "kasparro_http_requests_total",
@@ -71,12 +71,6 @@ ETL_RUN_DURATION = Histogram(
     "Duration of finished ETL runs (skipped attempts aside), by source",
     ["source"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
-)
-ETL_LAST_SUCCESS = Gauge(
-    "kasparro_etl_last_success_timestamp_seconds",
-    "When the source's last successful (SUCCESS or PARTIAL) run finished, as a Unix time",
-    ["source"],
-    multiprocess_mode="max",  # a later success has the larger time, whichever process ran it
 )
 UPSTREAM_REQUESTS = Counter(
     "kasparro_upstream_requests_total",
@@ -139,8 +133,6 @@ def record_run(run: EtlRun) -> None:
     for outcome, rows in zip(ROW_OUTCOMES, counts, strict=True):
         ETL_ROWS.labels(source, outcome).inc(rows or 0)
     ETL_RUN_DURATION.labels(source).observe((run.duration_ms or 0) / 1000)
-    if status in SUCCESSFUL and run.finished_at is not None:
-        ETL_LAST_SUCCESS.labels(source).set(run.finished_at.timestamp())
     for event in (run.details or {}).get("drift", ()):
         SCHEMA_DRIFT_EVENTS.labels(source, event["kind"]).inc()
 
@@ -162,8 +154,20 @@ def record_rate_limit_wait(source: str, seconds: float) -> None:
     UPSTREAM_RATE_LIMIT_WAIT_SECONDS.labels(source).inc(seconds)
 
 
-def unified_records_per_source(session: Session, sources: Iterable[str]) -> dict[str, int]:
-    """Return each source's rows in unified_records, from the maintained totals: one small query."""
+@dataclass(frozen=True)
+class DatabaseFacts:
+    """What the database says at scrape time: each source's rows and its last success.
+
+    They are read from the maintained tables (one small query each), not kept by a process: a
+    role that restarts, or a success recorded by another role, loses nothing.
+    """
+
+    records: Mapping[str, int]
+    last_success: Mapping[str, datetime | None]
+
+
+def database_facts(session: Session, sources: Iterable[str]) -> DatabaseFacts:
+    """Return each source's rows in unified_records and when its last successful run finished."""
     totals = dict(
         session.execute(
             sa.select(UnifiedTotal.source, sa.func.sum(UnifiedTotal.records)).group_by(
@@ -171,22 +175,38 @@ def unified_records_per_source(session: Session, sources: Iterable[str]) -> dict
             )
         ).all()
     )
-    return {source: int(totals.get(source) or 0) for source in sources}
+    successes = dict(
+        session.execute(sa.select(RunSummary.source, RunSummary.last_success_at)).tuples().all()
+    )
+    return DatabaseFacts(
+        records={source: int(totals.get(source) or 0) for source in sources},
+        last_success={source: successes.get(source) for source in sources},
+    )
 
 
-class _UnifiedRecords(Collector):
-    def __init__(self, records: Mapping[str, int]):
-        self.records = records
+class _DatabaseFacts(Collector):
+    def __init__(self, facts: DatabaseFacts):
+        self.facts = facts
 
     def collect(self):
-        family = GaugeMetricFamily(
+        rows = GaugeMetricFamily(
             "kasparro_unified_records",
             "Rows in unified_records per source, read from the database at scrape time",
             labels=["source"],
         )
-        for source, rows in sorted(self.records.items()):
-            family.add_metric([source], rows)
-        yield family
+        for source, count in sorted(self.facts.records.items()):
+            rows.add_metric([source], count)
+        yield rows
+        success = GaugeMetricFamily(
+            "kasparro_etl_last_success_timestamp_seconds",
+            "When the source's last successful (SUCCESS or PARTIAL) run finished, as a Unix time,"
+            " read from the database at scrape time",
+            labels=["source"],
+        )
+        for source, finished in sorted(self.facts.last_success.items()):
+            if finished is not None:
+                success.add_metric([source], finished.timestamp())
+        yield success
 
 
 def prepare_shared_values(directory: str) -> None:
@@ -208,12 +228,12 @@ def process_registry() -> CollectorRegistry:
     return registry
 
 
-def exposition(unified_records: Mapping[str, int] | None = None) -> bytes:
-    """Return the role's metrics in Prometheus text format, with rows per source when given."""
+def exposition(facts: DatabaseFacts | None = None) -> bytes:
+    """Return the role's metrics in Prometheus text format, with the database's facts if given."""
     text = generate_latest(process_registry())
-    if unified_records is not None:
+    if facts is not None:
         database = CollectorRegistry()
-        database.register(_UnifiedRecords(unified_records))
+        database.register(_DatabaseFacts(facts))
         text += generate_latest(database)
     return text
 

@@ -6,6 +6,7 @@ what changed between them is what the test did.
 
 import subprocess
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from kasparro.etl.pipeline import run_source
 from kasparro.etl.runs import SourceBusy, start_run
 from kasparro.extensions import db
 from kasparro.metrics import RequestMetrics, exposition
-from kasparro.models import Asset, EtlRun, UnifiedRecord
+from kasparro.models import Asset, EtlRun, RunStatus, UnifiedRecord
 from tests.coingecko_imitation import Fault
 
 SOURCES = ("csv1", "csv2", "coingecko_api")
@@ -252,3 +253,26 @@ def request_counts() -> Counter:
             if sample.name == "kasparro_http_requests_total"
         }
     )
+
+
+def test_the_last_success_comes_from_the_database_so_a_restart_loses_nothing(client, app):
+    # A success this process never saw (another role's, or one before a restart) is served.
+    finished = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for status, hour in ((RunStatus.SUCCESS, 3), (RunStatus.FAILED, 5)):
+        db.session.add(
+            EtlRun(
+                source="csv2",
+                status=status,
+                trigger="schedule",
+                started_at=finished.replace(hour=hour - 1),
+                finished_at=finished.replace(hour=hour),
+            )
+        )
+    db.session.commit()
+
+    after = scrape(client)
+
+    success = sample("kasparro_etl_last_success_timestamp_seconds", source="csv2")
+    assert after[success] == finished.timestamp()
+    never = sample("kasparro_etl_last_success_timestamp_seconds", source="csv1")
+    assert never not in after

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kasparro.etl.sources import SOURCES
 from kasparro.extensions import db
-from kasparro.metrics import CONTENT_TYPE, exposition, unified_records_per_source
+from kasparro.metrics import CONTENT_TYPE, database_facts, exposition
 
 log = structlog.get_logger(__name__)
 blp = Blueprint(
@@ -25,10 +25,10 @@ TEXT = {"type": "string"}
 def get_metrics():
     """Report the API's request, ETL and upstream metrics, and the rows each source has."""
     try:
-        records = unified_records_per_source(db.session, SOURCES)
+        facts = database_facts(db.session, SOURCES)
     except SQLAlchemyError as exc:
         # The metrics of the processes still tell what happened: serve them without the rows.
         db.session.rollback()
         log.warning("metrics.database_unavailable", error=type(exc).__name__)
-        records = None
-    return Response(exposition(records), content_type=CONTENT_TYPE)
+        facts = None
+    return Response(exposition(facts), content_type=CONTENT_TYPE)
