@@ -13,9 +13,6 @@ Every read is served by an index of ``unified_records`` and none grows with the 
   observations, through ``ix_unified_asset_timestamp_id``.
 """
 
-import base64
-import binascii
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +28,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from kasparro.asset_values import LatestValue, consensus, latest_values
 from kasparro.db_types import UTCDateTime
 from kasparro.models import Asset, AssetAlias, UnifiedCount, UnifiedRecord
-from kasparro.queries import InvalidCursor
+from kasparro.queries import NOT_ISSUED, pack_cursor, unpack_cursor
 
 SORTS = ("market_cap", "name")
 PRICE = "price_usd"
@@ -390,22 +387,19 @@ def resolved_from(session: Session, asset_id: str) -> list[dict]:
 
 def encode_history_cursor(bucket_start_seconds: int) -> str:
     """Return an opaque cursor for the page of buckets starting at this epoch second."""
-    text = json.dumps({"b": bucket_start_seconds}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return pack_cursor({"b": bucket_start_seconds})
 
 
 def decode_history_cursor(cursor: str, interval: str) -> datetime:
     """Return where the page a cursor points to starts; it must fall on an ``interval`` bucket."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        seconds = data["b"]
+
+    def bucket_start(fields: Any) -> datetime:
+        seconds = fields["b"]
         if type(seconds) is not int or seconds % INTERVALS[interval]:
-            raise ValueError
+            raise ValueError(seconds)
         return datetime.fromtimestamp(seconds, UTC)
-    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError, OSError):
-        raise InvalidCursor(
-            f"cursor is not one this server issued for {interval} buckets"
-        ) from None
+
+    return unpack_cursor(cursor, bucket_start, f"{NOT_ISSUED} for {interval} buckets")
 
 
 def asset_history(

@@ -8,9 +8,10 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -42,22 +43,39 @@ class InvalidCursor(ValueError):
     """A cursor that this server did not issue."""
 
 
+NOT_ISSUED = "cursor is not one this server issued"
+T = TypeVar("T")
+
+
+def pack_cursor(fields: dict[str, Any]) -> str:
+    """Return ``fields`` as an opaque cursor: URL-safe base64 of their compact JSON."""
+    text = json.dumps(fields, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def unpack_cursor(cursor: str, read: Callable[[Any], T], message: str = NOT_ISSUED) -> T:
+    """Return what ``read`` makes of a cursor's fields; InvalidCursor when either fails."""
+    try:
+        return read(json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))))
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError, OSError):
+        raise InvalidCursor(message) from None
+
+
 def encode_cursor(record: UnifiedRecord) -> str:
     """Return an opaque cursor that points just after ``record`` in newest-first order."""
-    text = json.dumps({"t": record.timestamp.isoformat(), "i": record.id}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return pack_cursor({"t": record.timestamp.isoformat(), "i": record.id})
+
+
+def _record_position(fields: Any) -> tuple[datetime, int]:
+    timestamp, record_id = datetime.fromisoformat(fields["t"]).astimezone(UTC), int(fields["i"])
+    if not 0 <= record_id <= MAX_ID:
+        raise ValueError(record_id)
+    return timestamp, record_id
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     """Return the (timestamp, id) a cursor points after."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        timestamp, record_id = datetime.fromisoformat(data["t"]).astimezone(UTC), int(data["i"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
-        raise InvalidCursor("cursor is not one this server issued") from None
-    if not 0 <= record_id <= MAX_ID:
-        raise InvalidCursor("cursor is not one this server issued")
-    return timestamp, record_id
+    return unpack_cursor(cursor, _record_position)
 
 
 # Totals under source, metric and asset are exact, from the counts the database maintains; any

@@ -21,8 +21,6 @@ amount of each (``RUNS_PER_PAGE``, ``JUMP_ROWS_PER_PAGE``, ``PAIRS_PER_PAGE``): 
 fewer anomalies than asked while ``next_cursor`` says there is more to look at.
 """
 
-import base64
-import binascii
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -38,7 +36,7 @@ from sqlalchemy.orm import Session, aliased
 
 from kasparro.asset_values import LatestValue, consensus, latest_values
 from kasparro.models import EtlRun, RunStatus, UnifiedCount, UnifiedRecord
-from kasparro.queries import MAX_ID, InvalidCursor
+from kasparro.queries import MAX_ID, InvalidCursor, pack_cursor, unpack_cursor
 
 FINISHED = (RunStatus.SUCCESS, RunStatus.PARTIAL, RunStatus.FAILED)
 # A reprocess re-reads stored rows, not its source: its counts say nothing of the feed's history.
@@ -618,8 +616,7 @@ SCANS: dict[str, Callable[[Session, AnomalyQuery, list[Any] | None], Scan]] = {
 
 def encode_cursor(kind: str, position: list[Any], since: datetime) -> str:
     """Return an opaque cursor: the kind, the position in its order, and the window's start."""
-    text = json.dumps({"k": kind, "p": position, "s": since.isoformat()}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return pack_cursor({"k": kind, "p": position, "s": since.isoformat()})
 
 
 def _bounded(value: Any, largest: int) -> int:
@@ -642,12 +639,16 @@ def _position(kind: str, position: Any) -> list[Any]:
 
 def decode_cursor(cursor: str, kinds: Sequence[str]) -> tuple[str, list[Any], datetime]:
     """Return the kind, position and window start of a cursor issued for these ``kinds``."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        kind, since = data["k"], datetime.fromisoformat(data["s"]).astimezone(UTC)
-        position = _position(kind, data["p"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
-        raise InvalidCursor("cursor is not one this server issued") from None
+
+    def read(fields: Any) -> tuple[str, list[Any], datetime]:
+        kind = fields["k"]
+        return (
+            kind,
+            _position(kind, fields["p"]),
+            datetime.fromisoformat(fields["s"]).astimezone(UTC),
+        )
+
+    kind, position, since = unpack_cursor(cursor, read)
     if kind not in kinds:
         raise InvalidCursor("cursor is not one this server issued for this kind")
     return kind, position, since

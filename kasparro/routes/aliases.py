@@ -3,7 +3,7 @@
 import math
 
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.etl.assets import (
@@ -14,6 +14,7 @@ from kasparro.etl.assets import (
     unresolved_groups,
 )
 from kasparro.extensions import AppJSONParser, db
+from kasparro.routes.errors import abort_naming
 from kasparro.routes.etl import admin_only
 from kasparro.routes.response_cache import kept_response
 from kasparro.schemas import (
@@ -95,9 +96,9 @@ class Aliases(MethodView):
         try:
             added = add_alias(db.session, body["asset_id"], kind, body[kind])
         except UnknownAsset as exc:
-            abort(404, message=str(exc), errors={"json": {"asset_id": [str(exc)]}})
+            abort_naming(404, "json", "asset_id", str(exc))
         except AliasConflict as exc:
-            abort(409, message=str(exc), errors={"json": {kind: [str(exc)]}})
+            abort_naming(409, "json", kind, str(exc))
         return added, (201 if added.created else 200)
 
 

@@ -10,6 +10,7 @@ from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor
+from kasparro.routes.errors import abort_naming
 from kasparro.routes.response_cache import kept_response
 from kasparro.run_analysis import (
     KINDS,
@@ -29,10 +30,6 @@ from kasparro.schemas import (
 )
 
 blp = Blueprint("analysis", __name__, description="Run comparison and anomaly flags")
-
-
-def _query_error(status: int, parameter: str, message: str):
-    abort(status, message=message, errors={"query": {parameter: [message]}})
 
 
 @blp.route("/compare-runs")
@@ -58,7 +55,7 @@ def _comparison(args) -> dict:
     except RunNotFound as exc:
         abort(404, message=str(exc))
     except InvalidComparison as exc:
-        _query_error(422, exc.parameter, str(exc))
+        abort_naming(422, "query", exc.parameter, str(exc))
     return compare_runs(db.session, run_a, run_b, args["top"], args.get("metric"))
 
 
@@ -91,7 +88,7 @@ def _anomalies(args) -> dict:
             cursor=args.get("cursor"),
         )
     except InvalidCursor as exc:
-        _query_error(400, "cursor", str(exc))
+        abort_naming(400, "query", "cursor", str(exc))
     return {
         "anomalies": page.anomalies,
         "since": page.since,

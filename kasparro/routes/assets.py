@@ -6,6 +6,7 @@ from flask_smorest.error_handler import ErrorSchema
 from kasparro.asset_views import asset_detail, asset_history, list_assets
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor
+from kasparro.routes.errors import abort_naming
 from kasparro.routes.response_cache import kept_first, kept_response
 from kasparro.schemas import (
     RETRY_AFTER,
@@ -77,4 +78,4 @@ def _history(asset_id: str, args: dict) -> dict:
     try:
         return _found(asset_history(db.session, asset_id, **args))
     except InvalidCursor as exc:
-        abort(400, message=str(exc), errors={"query": {"cursor": [str(exc)]}})
+        abort_naming(400, "query", "cursor", str(exc))

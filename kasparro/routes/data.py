@@ -3,11 +3,12 @@
 import time
 
 from flask import g
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor, page_unified_records
+from kasparro.routes.errors import abort_naming
 from kasparro.routes.response_cache import kept_first, kept_response
 from kasparro.schemas import RETRY_AFTER, DataPageSchema, DataQuerySchema
 
@@ -42,7 +43,7 @@ def _page(args) -> dict:
     try:
         page = page_unified_records(db.session, args)
     except InvalidCursor as exc:
-        abort(400, message=str(exc), errors={"query": {"cursor": [str(exc)]}})
+        abort_naming(400, "query", "cursor", str(exc))
     return {
         "data": page.records,
         "pagination": {

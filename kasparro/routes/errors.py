@@ -1,9 +1,11 @@
 """A JSON body for every error: no HTML pages, no tracebacks."""
 
 from http import HTTPStatus
+from typing import NoReturn
 
 import structlog
 from flask import Flask, g, jsonify, request
+from flask_smorest import abort
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -14,6 +16,11 @@ def error_body(code: int, message: str, **extra):
     """Return a JSON error response in the same shape flask-smorest uses."""
     body = {"code": code, "status": HTTPStatus(code).phrase, "message": message, **extra}
     return jsonify(body), code
+
+
+def abort_naming(status: int, location: str, field: str, message: str) -> NoReturn:
+    """Abort with ``message``, naming the ``field`` of the request's ``location`` that is wrong."""
+    abort(status, message=message, errors={location: {field: [message]}})
 
 
 def init_error_handlers(app: Flask) -> None:
