@@ -190,6 +190,29 @@ def seeded_resolver(session: Session, seed_path: str | Path) -> AssetResolver:
     return AssetResolver.load(session)
 
 
+class CurrentResolver:
+    """A run's resolver: seeded on first use, rebuilt whenever an alias has been added since.
+
+    Asking costs one primary-key read (the aliases' data version): an alias added while a run
+    loads counts from its next batch on.
+    """
+
+    def __init__(self, seed_path: str | Path):
+        self.seed_path = seed_path
+        self._resolver: AssetResolver | None = None
+        self._aliases = 0  # the version of the aliases the resolver knows
+
+    def get(self, session: Session) -> AssetResolver:
+        """Return a resolver that knows every asset and alias committed so far."""
+        aliases = aliases_version(session)
+        if self._resolver is None:
+            self._resolver = seeded_resolver(session, self.seed_path)
+        elif aliases != self._aliases:
+            self._resolver = AssetResolver.load(session)
+        self._aliases = aliases
+        return self._resolver
+
+
 class UnknownAsset(LookupError):
     """An alias was given for an asset id the assets table does not hold."""
 

@@ -10,6 +10,7 @@ A caller that shows progress passes a ``progress`` callback: it gets a ``ReadPro
 each batch, never per row, and once more when the read ends.
 """
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -21,12 +22,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.assets import (
-    AssetResolver,
-    aliases_version,
-    seeded_resolver,
-    upsert_assets,
-)
+from kasparro.etl.assets import AssetResolver, CurrentResolver, upsert_assets
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
 from kasparro.etl.parsing import InvalidValue, check_text, storable
@@ -147,13 +143,20 @@ class BatchLoader:
         self.checkpoint = session.get(Checkpoint, run.source) or Checkpoint(
             source=run.source, cursor={}, last_raw_id=0
         )
-        self.resolver: AssetResolver | None = None
-        self.aliases_version = 0  # of the aliases the resolver knows
+        self.resolvers = CurrentResolver(settings["ASSETS_SEED_PATH"])
         self.processed = 0
         self.loaded_up_to = self.checkpoint.last_raw_id  # when the run began
-        model = source.raw_model
+
+    @functools.cached_property
+    def left_over(self) -> bool:
+        """Whether raw rows stored by an earlier version wait to be loaded (asked once, on store).
+
+        Only the extract stage asks, before it stores anything: the second stage finds those
+        rows by reading them.
+        """
+        model = self.source.raw_model
         waiting = sa.select(model.id).where(model.id > self.loaded_up_to).limit(1)
-        self.left_over = session.scalar(waiting) is not None
+        return self.session.scalar(waiting) is not None
 
     def store(self, batch: list[RawRow]) -> None:
         """Store a batch as read and load its new records, in one transaction.
@@ -198,15 +201,8 @@ class BatchLoader:
     def load(self, raws: list[Any], report: ReadReport) -> None:
         """Transform and upsert ``raws`` (in id order), move the checkpoint past them, commit."""
         session, run, source = self.session, self.run, self.source
-        # An alias added since the resolver was built counts from the next batch on; checking
-        # costs one primary-key read a batch, and an unchanged source never gets here.
-        aliases = aliases_version(session)
-        if self.resolver is None:
-            self.resolver = seeded_resolver(session, self.settings["ASSETS_SEED_PATH"])
-        elif aliases != self.aliases_version:
-            self.resolver = AssetResolver.load(session)
-        self.aliases_version = aliases
-        unified, rejections = transform_batch(session, source, run, raws, report, self.resolver)
+        resolver = self.resolvers.get(session)  # an unchanged source never gets here
+        unified, rejections = transform_batch(session, source, run, raws, report, resolver)
         self.processed += len(raws)
         if self.failure:
             self.failure.check(run.source, "after_rows", self.processed)

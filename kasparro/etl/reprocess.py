@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.assets import AssetResolver, aliases_version, seeded_resolver
+from kasparro.etl.assets import AssetResolver, CurrentResolver
 from kasparro.etl.load import UNIFIED_KEY, insert_rejections, upsert_unified
 from kasparro.etl.pipeline import transform_batch
 from kasparro.etl.runs import fail_run, finish_run, heartbeat_or_abandon, start_run
@@ -75,8 +75,7 @@ def _reprocess(
     covered = checkpoint.last_raw_id if checkpoint else 0
     model = source.raw_model
     after = last_raw_id_before(session, model, since, covered) if since else 0
-    known_aliases = aliases_version(session)
-    resolver = seeded_resolver(session, settings["ASSETS_SEED_PATH"])
+    resolvers = CurrentResolver(settings["ASSETS_SEED_PATH"])
     columns = model.__table__.c
     recovered = 0
     # Plain rows, not ORM objects, one batch in memory at a time: a keyset walk over the id.
@@ -86,9 +85,7 @@ def _reprocess(
         .order_by(columns.id)
         .limit(settings["ETL_BATCH_SIZE"])
     ).all():
-        if (aliases := aliases_version(session)) != known_aliases:  # one added meanwhile
-            resolver, known_aliases = AssetResolver.load(session), aliases
-        recovered += _reprocess_batch(session, run, source, raws, resolver)
+        recovered += _reprocess_batch(session, run, source, raws, resolvers.get(session))
         after = raws[-1].id
     run.details = {
         **(run.details or {}),
