@@ -23,8 +23,9 @@ def get_health():
     """Report whether the database and the broker answer and how each source's last run went."""
     broker_connected = broker_reachable(current_app.extensions["celery"])
     try:
-        # Kept like /data's answers: every change of a run moves the data version, and reading
-        # the version tells whether the database answers.
+        # Kept like /data's answers: every change of a run moves the data version. The version
+        # is read at most every VERSION_READ_SECONDS, so a database that stops answering shows
+        # within that.
         runs = cached_body(_runs_part)
     except SQLAlchemyError as exc:
         db.session.rollback()
