@@ -32,15 +32,18 @@ def executed_plans(
         call()
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", record)
-    connection = db.session.connection()
-    plans = []
-    for statement, parameters in seen:
-        explained = connection.exec_driver_sql(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters
-        ).scalar()
-        document = json.loads(explained) if isinstance(explained, str) else explained
-        plans.append(document[0]["Plan"])
-    return plans
+    return [executed_plan(statement, parameters) for statement, parameters in seen]
+
+
+def executed_plan(statement: str, parameters) -> dict:
+    """Run one statement under EXPLAIN (ANALYZE, FORMAT JSON); return its top plan node."""
+    explained = (
+        db.session.connection()
+        .exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+        .scalar()
+    )
+    document = json.loads(explained) if isinstance(explained, str) else explained
+    return document[0]["Plan"]
 
 
 def nodes(plan: dict) -> Iterator[dict]:

@@ -5,7 +5,6 @@ Every aggregate is checked against the same numbers counted from the tables them
 """
 
 import itertools
-import json
 import random
 import threading
 from datetime import timedelta
@@ -32,6 +31,7 @@ from kasparro.models import (
 )
 from kasparro.queries import EXACT_COUNT_LIMIT
 from tests.coingecko_imitation import BASE_TIME
+from tests.plans import executed_plan, nodes
 
 SOURCES = ("coingecko_api", "csv1", "csv2")
 
@@ -508,18 +508,8 @@ def statements_of(client, url: str) -> list[tuple[str, dict]]:
 
 def large_table_scans(statement: str, parameters) -> list[dict]:
     """Return the executed plan's scans of the large tables, for one SELECT statement."""
-    explained = db.session.connection().exec_driver_sql(
-        "EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters
-    )
-    value = explained.scalar()
-    nodes = [(json.loads(value) if isinstance(value, str) else value)[0]["Plan"]]
-    scans = []
-    while nodes:
-        node = nodes.pop()
-        nodes += node.get("Plans", [])
-        if node.get("Relation Name") in LARGE_TABLES:
-            scans.append(node)
-    return scans
+    plan = executed_plan(statement, parameters)
+    return [node for node in nodes(plan) if node.get("Relation Name") in LARGE_TABLES]
 
 
 @pytest.mark.parametrize(
