@@ -241,3 +241,18 @@ def test_the_origin_check_finds_what_a_page_would_fetch(tmp_path, html, expected
     (tmp_path / "index.html").write_text(html)
 
     assert external_loads(tmp_path) == [f"index.html: {url}" for url in expected]
+
+
+def test_the_readme_starts_with_the_two_commands_and_its_links_land(site):
+    readme = (ROOT / "README.md").read_text()
+    commands = re.search(r"```sh\n(.*?)```", readme, re.S).group(1).splitlines()
+
+    assert [line.split()[:2] for line in commands] == [["make", "run"], ["make", "test"]]
+    assert len(readme.splitlines()) < 200
+    for target in re.findall(r"\]\(([^)]+)\)", readme):
+        path, _, anchor = target.partition("#")
+        assert (ROOT / path).is_file(), target
+        if anchor:
+            page = Path(path).relative_to("docs").with_suffix("")
+            built = site / page / "index.html" if page.name != "index" else site / f"{page}.html"
+            assert anchor in read_page(built).ids, target
