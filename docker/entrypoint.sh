@@ -44,7 +44,7 @@ case "$role" in
       flask --app wsgi etl run --enqueue &
     fi
     # The app logs every request itself, structured and redacted: no second access log.
-    # One sync worker per core measured fastest (README, Performance): set WEB_CONCURRENCY so.
+    # One sync worker per core measured fastest (docs/performance.md): set WEB_CONCURRENCY so.
     # docker/gunicorn.conf.py holds the hooks: a worker that exits is told to the metrics.
     exec gunicorn --bind "0.0.0.0:${PORT:-8000}" --workers "${WEB_CONCURRENCY:-2}" --no-control-socket \
       --timeout "${GUNICORN_TIMEOUT:-120}" --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1,::1}" \

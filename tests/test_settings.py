@@ -1,4 +1,4 @@
-"""Every setting is declared once in kasparro/config.py, and the README and .env.example agree."""
+"""Every setting is declared once in kasparro/config.py; its docs page and .env.example agree."""
 
 import ast
 import importlib
@@ -18,7 +18,7 @@ from kasparro.config import (
 )
 from kasparro.etl.sources import SOURCES
 from kasparro.setting import Setting, raw_retention_setting, schedule_setting
-from scripts.settings_docs import readme_with_table
+from scripts.settings_docs import with_settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 EVERY_SETTING = {setting.name: setting for _, group in setting_groups() for setting in group}
@@ -65,10 +65,10 @@ def test_a_secret_cannot_be_given_a_default():
         Setting("X_TOKEN", "changeme", "a token", secret=True)
 
 
-@pytest.mark.parametrize("document", ["README.md", ".env.example"])
+@pytest.mark.parametrize("document", ["docs/configuration.md", ".env.example"])
 def test_the_settings_documents_are_generated_from_the_declarations(document):
     written = (ROOT / document).read_text()
-    expected = readme_with_table(written) if document == "README.md" else env_example()
+    expected = with_settings_table(written) if document.endswith(".md") else env_example()
 
     assert written == expected, f"{document} is out of date: run `make settings-docs`"
 
