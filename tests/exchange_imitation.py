@@ -74,6 +74,8 @@ What each fault becomes (``ccxt.base.errors``)
       silently. bitstamp's ``fetch_tickers()`` fails outside ccxt's errors, with
       ``AttributeError``. A caller must treat an empty answer as suspect, and catch more than
       ``ccxt.BaseError``.
+    - One ticker with a non-numeric volume or vwap fails the whole ``fetch_tickers()`` with
+      ``ValueError`` (ccxt's ``Precise`` computes ``quoteVolume``); a null ``last`` is ``None``.
     - A bitstamp market missing ``description`` or ``minimum_order_value`` fails the whole
       ``load_markets()`` with ``ExchangeError``.
 
@@ -186,6 +188,8 @@ class Market:
     volume: float
     info: dict
     candles: list[tuple] | None = None  # ``None``: ``candle()`` for the hours up to ``now``
+    ticker_patch: dict = field(default_factory=dict)  # fields that replace the ticker's own
+    listed: bool = True  # ``False``: in the tickers, but missing from the markets answer
 
 
 class ExchangeImitation:
@@ -231,12 +235,25 @@ class ExchangeImitation:
         raise NotImplementedError
 
     def set_price(self, symbol: str, price: float, volume: float | None = None) -> None:
-        """Change a market's last price (and volume) in the next tickers."""
+        """Change a market's last price (and volume) in the next tickers.
+
+        Kraken's tickers round the price to the pair's ``pair_decimals``.
+        """
         with self.lock:
             market = self.markets[symbol]
             market.price = price
             if volume is not None:
                 market.volume = volume
+
+    def patch_ticker(self, symbol: str, **fields) -> None:
+        """Replace fields of ``symbol``'s ticker with raw values (nulls, text, anything)."""
+        with self.lock:
+            self.markets[symbol].ticker_patch.update(fields)
+
+    def unlist(self, symbol: str) -> None:
+        """Leave ``symbol`` out of the markets answer while its ticker is still served."""
+        with self.lock:
+            self.markets[symbol].listed = False
 
     def set_candles(self, symbol: str, candles: list[tuple]) -> None:
         """Serve ``(opened_seconds, open, high, low, close, volume)`` candles for ``symbol``."""
@@ -425,7 +442,8 @@ class KrakenImitation(ExchangeImitation):
             }
             return 200, {"error": [], "result": assets}
         if path == "/0/public/AssetPairs":
-            return 200, {"error": [], "result": {m.id: m.info for m in self.markets.values()}}
+            pairs = {m.id: m.info for m in self.markets.values() if m.listed}
+            return 200, {"error": [], "result": pairs}
         if path == "/0/public/Ticker":
             if "pair" in query:
                 chosen = [self.by_id(p) for p in query["pair"].split(",")]
@@ -458,6 +476,7 @@ class KrakenImitation(ExchangeImitation):
             "l": [f"{market.price * 0.97:.{decimals}f}"] * 2,
             "h": [f"{market.price * 1.02:.{decimals}f}"] * 2,
             "o": f"{market.price * 0.99:.{decimals}f}",
+            **market.ticker_patch,
         }
 
     def ohlc(self, market: Market, since: int) -> dict:
@@ -531,7 +550,7 @@ class BitstampImitation(ExchangeImitation):
 
     def route(self, path: str, query: dict[str, str]) -> tuple[int, object]:
         if path == "/api/v2/markets/":
-            return 200, [m.info for m in self.markets.values()]
+            return 200, [m.info for m in self.markets.values() if m.listed]
         if path == "/api/v2/ticker/":
             return 200, [self.ticker(m) for m in self.spot()]
         if path.startswith("/api/v2/ohlc/") and path.endswith("/"):
@@ -560,6 +579,7 @@ class BitstampImitation(ExchangeImitation):
             "percent_change_24": "2.04",
             "market_type": "SPOT",
             "pair": market.info["name"],
+            **market.ticker_patch,
         }
 
     def ohlc(self, market: Market, query: dict[str, str]) -> tuple[int, object]:

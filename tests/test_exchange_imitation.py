@@ -475,3 +475,38 @@ def test_the_imitation_is_a_real_server_on_loopback(imitation):
     with socket.create_connection(("127.0.0.1", imitation.server.server_address[1])) as sock:
         sock.sendall(b"GET /nowhere HTTP/1.0\r\n\r\n")
         assert sock.recv(12).startswith(b"HTTP/1.0 404")
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_a_null_last_price_is_passed_on_as_none(imitation, exchange):
+    exchange.load_markets()
+    if imitation.exchange_id == "kraken":
+        imitation.patch_ticker("SOL/USD", c=[None, "1"])
+    else:
+        imitation.patch_ticker("SOL/USD", last=None)
+    tickers = exchange.fetch_tickers()
+    assert tickers["SOL/USD"]["last"] is None
+    assert tickers["ETH/USD"]["last"] == 2922.48
+
+
+def test_one_non_numeric_volume_fails_every_ticker_outside_ccxts_errors(imitation, exchange):
+    exchange.load_markets()
+    if imitation.exchange_id == "kraken":
+        imitation.patch_ticker("SOL/USD", v=["1", "lots"])
+    else:
+        imitation.patch_ticker("SOL/USD", volume="lots")
+    with pytest.raises(ValueError, match="lots"):  # ccxt's Precise multiplies volume by vwap
+        exchange.fetch_tickers()
+
+
+def test_an_unlisted_market_still_has_a_ticker(imitation, exchange):
+    imitation.unlist("SOL/USD")
+    markets = exchange.load_markets()
+    tickers = exchange.fetch_tickers()
+    assert "SOL/USD" not in markets
+    if imitation.exchange_id == "kraken":
+        assert "SOLUSD" in tickers  # an unknown Kraken id stays the symbol
+    else:
+        assert "SOL/USD" in tickers  # Bitstamp names the pair itself
