@@ -4,15 +4,23 @@ Each imitation answers exactly the requests that ccxt 4.5.90 makes for ``load_ma
 ``fetch_tickers`` and ``fetch_ohlcv``, records every request it receives, and can be told to move
 prices, to serve other candles, or to misbehave:
 
-    kraken = KrakenImitation()
-    kraken.set_price("BTC/USD", 87500.1)
-    kraken.fail_next(Fault(429, headers={"Retry-After": "1"}))   # the next request only
-    kraken.fail_path("OHLC", Fault(503))                          # every OHLC request, till cleared
-    kraken.fail_next(Fault(truncate=True))                        # the usual answer, cut in half
-    kraken.fail_next(Fault(delay=0.6))                            # slow, then the usual answer
+    with KrakenImitation() as kraken:                             # or BitstampImitation()
+        exchange = ccxt.kraken({"rateLimit": 1})
+        exchange.urls["api"] = kraken.api_overrides()              # every group, same paths
+        kraken.set_price("BTC/USD", 87500.1)                       # the next tickers
+        kraken.set_candles("BTC/USD", [(opened_s, o, h, l, c, v)]) # else candle() per hour
+        kraken.patch_ticker("SOL/USD", c=[None, "1"])              # raw fields: nulls, text
+        kraken.unlist("SOL/USD")                                   # ticker of an unknown market
+        kraken.fail_next(Fault(429))                               # the next request only
+        kraken.fail_path("OHLC", Fault(503))                       # every OHLC, till cleared
+        kraken.fail_next(Fault(truncate=True))                     # the usual answer, cut short
+        kraken.fail_next(Fault(delay=0.6))                         # slow, then the usual answer
+        kraken.fail_next(kraken_error("EAPI:Rate limit exceeded")) # Kraken's own error shape
+        kraken.requests                                            # the log: path, query, status
 
-A path fault matches requests whose path ends with the given text. Point ccxt at an imitation by
-replacing every group of ``exchange.urls["api"]`` with ``imitation.api_overrides()``.
+A path fault matches requests whose path ends with the given text. Prices, candles and tickers
+are deterministic; the imitation's clock is ``now`` (default ``NOW``), not the wall clock, and
+candles run hourly up to the current hour (``candle_hours`` of them, 1200 by default).
 
 What ccxt 4.5.90 does (read from ``ccxt/kraken.py``, ``ccxt/bitstamp.py`` and
 ``ccxt/base/exchange.py``; the tests in ``tests/test_exchange_imitation.py`` hold each fact):
