@@ -10,6 +10,9 @@ status it was answered with) and can be told to move prices between runs, or to 
 One-shot faults are consumed first in, first out by the next markets requests, whatever their page;
 a page fault answers every request for that page until ``clear_faults()``. Run it alone with
 ``python -m tests.coingecko_imitation``.
+
+It also serves history, ``/coins/{id}/market_chart/range``, with faults of its own
+(``imitation.history``): see the History section near the end of this module.
 """
 
 import argparse
@@ -127,6 +130,7 @@ class CoinGeckoImitation:
         self.queued_faults: deque[Fault] = deque()
         self.page_faults: dict[int, Fault] = {}
         self.lock = threading.Lock()
+        self.history = MarketChartRange(self)  # /coins/{id}/market_chart/range, see below
         self.server = QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(
@@ -222,7 +226,9 @@ class CoinGeckoImitation:
                 )
                 with imitation.lock:
                     imitation.requests.append(recorded)
-                if parts.path != MARKETS_PATH:
+                if range_coin_id(parts.path) is not None:  # market_chart/range, see below
+                    status, headers, body = imitation.history.respond(parts.path, query)
+                elif parts.path != MARKETS_PATH:
                     status, headers, body = (
                         404,
                         {"Content-Type": "application/json"},
@@ -242,6 +248,201 @@ class CoinGeckoImitation:
                 pass
 
         return Handler
+
+
+# ===============================================================================================
+# History: ``/coins/{id}/market_chart/range?vs_currency=usd&from=<s>&to=<s>``.
+#
+# Answers ``{"prices": [[ms, value], ...], "market_caps": [...], "total_volumes": [...]}`` for the
+# coins the imitation lists, with CoinGecko's automatic granularity (docs.coingecko.com,
+# "Coin Historical Chart Data within Time Range by ID"):
+#   - a range of up to 1 day that ends now: 5-minutely points;
+#   - any other range of up to 90 days (1 day not ending now, 2 to 90 days): hourly points;
+#   - over 90 days: daily points at 00:00 UTC.
+# Points lie in ``[from, to]``, never after ``now``; hourly and 5-minutely points sit
+# ``point_offset_ms`` after their slot, as CoinGecko's snapshots do (1704067241331 is 00:00:41.331).
+# Every value is a function of the coin and the point's time, so overlapping requests agree.
+#
+# The demo plan serves only the past 365 days. A range starting earlier is refused with status 401
+# and CoinGecko's error body (error_code 10012; the message as CoinGecko sends it, seen in
+# SixPM-Software/waxtax#8 and ghostfolio/ghostfolio#3231). ``days_limit = None`` is a paid plan.
+# An unknown coin answers 404 ``{"error": "coin not found"}``. Missing or unreadable ``from``,
+# ``to`` or ``vs_currency`` answer 400 with ``{"error": ...}`` (the imitation's own wording).
+#
+#     imitation.history.url("bitcoin")                         # the endpoint for a coin
+#     imitation.history.points("bitcoin", from_s, to_s)        # what a request would answer
+#     imitation.history.fail_next(Fault(429))                  # the next history request only
+#     imitation.history.fail_coin("ethereum", Fault(503))      # every request for a coin
+#     imitation.history.set_answer("solana", {"prices": ...})  # serve this (dict or raw text)
+# ===============================================================================================
+
+RANGE_PATH_PREFIX = "/api/v3/coins/"
+RANGE_PATH_SUFFIX = "/market_chart/range"
+DAY_SECONDS = 86400
+DEMO_DAYS_LIMIT = 365
+DEMO_RANGE_MESSAGE = (
+    "Your request exceeds the allowed time range. Public API users are limited to querying "
+    "historical data within the past 365 days. Upgrade to a paid plan to enjoy full historical "
+    "data access: https://www.coingecko.com/en/api/pricing. "
+)
+
+
+def range_coin_id(path: str) -> str | None:
+    """Return the coin id of a ``market_chart/range`` path, or ``None`` for any other path."""
+    if path.startswith(RANGE_PATH_PREFIX) and path.endswith(RANGE_PATH_SUFFIX):
+        coin_id = path[len(RANGE_PATH_PREFIX) : -len(RANGE_PATH_SUFFIX)]
+        if coin_id and "/" not in coin_id:
+            return coin_id
+    return None
+
+
+def granularity_seconds(from_s: float, to_s: float, now_s: float) -> int:
+    """Return the spacing of the points CoinGecko answers for ``[from_s, to_s]``."""
+    span = to_s - from_s
+    if span <= DAY_SECONDS and to_s >= now_s - 300:
+        return 300
+    if span <= 90 * DAY_SECONDS:
+        return 3600
+    return DAY_SECONDS
+
+
+def history_values(coin: dict, moment_ms: int) -> tuple[float, float, float]:
+    """Return ``(price, market_cap, total_volume)`` of ``coin`` at ``moment_ms``.
+
+    Prices swing by up to 4.8 % around the coin's ``current_price`` in a 97-step cycle of
+    5-minute slots; market cap follows price at a fixed supply; volume runs a 13-step cycle.
+    """
+    price = coin.get("current_price") or 1.0
+    market_cap = coin.get("market_cap") or price * 1_000_000
+    volume = coin.get("total_volume") or price * 10_000
+    slot = moment_ms // 300_000
+    factor = 1 + ((slot % 97) - 48) / 1000
+    return (
+        round(price * factor, 6),
+        round(market_cap * factor, 2),
+        round(volume * (1 + (slot % 13) / 100), 2),
+    )
+
+
+class MarketChartRange:
+    """The state and answers of the imitation's ``market_chart/range`` endpoint."""
+
+    def __init__(self, imitation: "CoinGeckoImitation"):
+        self.imitation = imitation
+        self.now = BASE_TIME
+        self.days_limit: int | None = DEMO_DAYS_LIMIT
+        self.point_offset_ms = 41_331
+        self.queued_faults: deque[Fault] = deque()
+        self.coin_faults: dict[str, Fault] = {}
+        self.answers: dict[str, dict | str] = {}
+
+    def url(self, coin_id: str) -> str:
+        """Return the endpoint's URL for ``coin_id`` (the same base as ``imitation.url``)."""
+        port = self.imitation.server.server_address[1]
+        return f"http://127.0.0.1:{port}{RANGE_PATH_PREFIX}{coin_id}{RANGE_PATH_SUFFIX}"
+
+    def requests(self, coin_id: str | None = None) -> list[RecordedRequest]:
+        """Return the history requests received, for one coin or all."""
+        return [
+            r
+            for r in self.imitation.requests
+            if range_coin_id(r.path) is not None
+            and (coin_id is None or range_coin_id(r.path) == coin_id)
+        ]
+
+    def fail_next(self, *faults: Fault) -> None:
+        """Answer the next history requests with ``faults``, one each, in order."""
+        with self.imitation.lock:
+            self.queued_faults.extend(faults)
+
+    def fail_coin(self, coin_id: str, fault: Fault | None) -> None:
+        """Answer every history request for ``coin_id`` with ``fault``; ``None`` lets it through."""
+        with self.imitation.lock:
+            if fault is None:
+                self.coin_faults.pop(coin_id, None)
+            else:
+                self.coin_faults[coin_id] = fault
+
+    def set_answer(self, coin_id: str, answer: dict | str | None) -> None:
+        """Serve ``answer`` (JSON-ready, or raw text) for ``coin_id``; ``None`` restores points."""
+        with self.imitation.lock:
+            if answer is None:
+                self.answers.pop(coin_id, None)
+            else:
+                self.answers[coin_id] = answer
+
+    def clear_faults(self) -> None:
+        """Drop every queued and per-coin history fault and every set answer."""
+        with self.imitation.lock:
+            self.queued_faults.clear()
+            self.coin_faults.clear()
+            self.answers.clear()
+
+    def points(self, coin_id: str, from_s: float, to_s: float) -> dict[str, list[list]]:
+        """Return the three lists a request for ``[from_s, to_s]`` answers."""
+        coin = next(c for c in self.imitation.coins if c["id"] == coin_id)
+        now_s = self.now.timestamp()
+        step = granularity_seconds(from_s, to_s, now_s)
+        offset_ms = 0 if step == DAY_SECONDS else self.point_offset_ms
+        low_ms, high_ms = from_s * 1000, min(to_s, now_s) * 1000
+        answer: dict[str, list[list]] = {"prices": [], "market_caps": [], "total_volumes": []}
+        moment = int((low_ms - offset_ms) // (step * 1000)) * step * 1000 + offset_ms
+        while moment <= high_ms:
+            if moment >= low_ms:
+                price, market_cap, volume = history_values(coin, moment)
+                answer["prices"].append([moment, price])
+                answer["market_caps"].append([moment, market_cap])
+                answer["total_volumes"].append([moment, volume])
+            moment += step * 1000
+        return answer
+
+    def _next_fault(self, coin_id: str) -> Fault | None:
+        with self.imitation.lock:
+            if self.queued_faults:
+                return self.queued_faults.popleft()
+            return self.coin_faults.get(coin_id)
+
+    def respond(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """Return status, headers and body for one history request."""
+        coin_id = range_coin_id(path)
+        fault = self._next_fault(coin_id)
+        if fault is not None:
+            time.sleep(fault.delay)
+            if fault.status != 200 or fault.body is not None:
+                return self._fault_answer(fault)
+        status, answer = self._answer(coin_id, query)
+        body = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+        headers = {"Content-Type": "application/json", **(fault.headers if fault else {})}
+        return status, headers, body
+
+    def _fault_answer(self, fault: Fault) -> tuple[int, dict[str, str], bytes]:
+        body = fault.body
+        if body is None:
+            error = {"status": {"error_code": fault.status, "error_message": "imitated fault"}}
+            body = json.dumps(error)
+        if isinstance(body, str):
+            body = body.encode()
+        return fault.status, {"Content-Type": fault.content_type, **fault.headers}, body
+
+    def _answer(self, coin_id: str, query: dict[str, str]) -> tuple[int, dict | str]:
+        with self.imitation.lock:
+            if coin_id in self.answers:
+                return 200, self.answers[coin_id]
+            known = any(c["id"] == coin_id for c in self.imitation.coins)
+        if not known:
+            return 404, {"error": "coin not found"}
+        if query.get("vs_currency") != "usd":
+            return 400, {"error": "invalid vs_currency"}
+        try:
+            from_s, to_s = float(query["from"]), float(query["to"])
+        except (KeyError, ValueError):
+            return 400, {"error": "missing or invalid from/to"}
+        limit = self.days_limit
+        if limit is not None and from_s < self.now.timestamp() - limit * DAY_SECONDS:
+            status = {"timestamp": iso(self.now), "error_code": 10012}
+            return 401, {"error": {"status": {**status, "error_message": DEMO_RANGE_MESSAGE}}}
+        with self.imitation.lock:
+            return 200, self.points(coin_id, from_s, to_s)
 
 
 def main() -> None:
