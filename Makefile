@@ -30,7 +30,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.runtime
 	$(FLASK) db upgrade
 	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
-	-PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(FLASK) etl run
+	-PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(FLASK) etl run --at-start
 	PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 \
 	  --no-control-socket --timeout 600 --config docker/gunicorn.conf.py wsgi:app
 

@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from contextlib import nullcontext
 
 import click
 from flask import current_app
@@ -10,14 +11,19 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
+from kasparro.etl.http_client import UpstreamUnreachable, connect_attempts
 from kasparro.etl.pipeline import ReadProgress, run_source
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import SourceBusy, describe_error
 from kasparro.etl.sources import SOURCES
+from kasparro.etl.sources.csv_feed import CsvSource
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, RunStatus
 from kasparro.queries import source_health
 from kasparro.setting import raw_retention_setting
+
+# Tries of a remote source that cannot connect at all, in the run the app starts with.
+START_CONNECT_ATTEMPTS = 1
 
 
 class EtlGroup(AppGroup):
@@ -110,33 +116,57 @@ class ReadProgressBar:
     is_flag=True,
     help="Queue the runs for the Celery workers and return at once (in-process without a broker).",
 )
-def run_command(sources, enqueue):
+@click.option(
+    "--at-start",
+    is_flag=True,
+    help="The run the app starts with (`make run`): local sources first, and a remote source "
+    "that cannot connect is tried once and does not fail the command.",
+)
+def run_command(sources, enqueue, at_start):
     """Run the ETL for each source and print a summary; exit 1 if any source failed.
 
-    On a terminal each source's read shows its progress as it goes.
+    On a terminal each source's read shows its progress as it goes. With ``--at-start`` the
+    server waits for this command, so it waits only for what is at hand: an upstream that
+    cannot be reached (no network, say) is said so in one line, and the next run tries again
+    with the full retry policy.
     """
     if enqueue:
         _enqueue(sources or SOURCES)
         return
+    names = list(sources or SOURCES)
+    if at_start:
+        names.sort(key=lambda name: not issubclass(SOURCES[name], CsvSource))  # local first
     failed = []
-    for name in sources or SOURCES:
-        progress = ReadProgressBar(name) if sys.stdout.isatty() else None
-        try:
-            run = run_source(db.session, name, current_app.config, trigger="cli", progress=progress)
-        except SourceBusy as busy:
-            click.echo(f"{name:<14} run {busy.skipped_run_id:<5} SKIPPED  {busy}")
-            continue
-        click.echo(
-            f"{name:<14} run {run.id:<5} {run.status:<8} {_counts(run)} ({run.duration_ms} ms)"
-        )
-        if run.error:
-            click.echo(f"{'':<14} error: {run.error}")
-        if pending := (run.details or {}).get("pending"):
-            click.echo(f"{'':<14} waiting: line {pending['line']}: {pending['reason']}")
-        if run.status == RunStatus.FAILED:
-            failed.append(name)
+    with connect_attempts(START_CONNECT_ATTEMPTS) if at_start else nullcontext():
+        for name in names:
+            if not _run_one(name, at_start):
+                failed.append(name)
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")
+
+
+def _run_one(name: str, at_start: bool) -> bool:
+    """Run one source and print its summary; return False if it failed (and counts as such)."""
+    progress = ReadProgressBar(name) if sys.stdout.isatty() else None
+    try:
+        run = run_source(db.session, name, current_app.config, trigger="cli", progress=progress)
+    except SourceBusy as busy:
+        click.echo(f"{name:<14} run {busy.skipped_run_id:<5} SKIPPED  {busy}")
+        return True
+    unreachable = f"{UpstreamUnreachable.__name__}: "
+    if at_start and (run.error or "").startswith(unreachable):
+        detail = run.error.removeprefix(unreachable)
+        click.echo(
+            f"{name:<14} run {run.id:<5} {run.status:<8} {detail} at start; "
+            "the next run tries again"
+        )
+        return True
+    click.echo(f"{name:<14} run {run.id:<5} {run.status:<8} {_counts(run)} ({run.duration_ms} ms)")
+    if run.error:
+        click.echo(f"{'':<14} error: {run.error}")
+    if pending := (run.details or {}).get("pending"):
+        click.echo(f"{'':<14} waiting: line {pending['line']}: {pending['reason']}")
+    return run.status != RunStatus.FAILED
 
 
 def _enqueue(sources) -> None:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from contextvars import Token
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 import structlog
 from billiard.exceptions import WorkerLostError
@@ -27,10 +28,13 @@ from kasparro.models import EtlRun, RunStatus
 log = structlog.get_logger(__name__)
 # What each running task bound to the log context, by task id, to be unbound when it ends.
 _bound_by_task: dict[str, dict[str, Token]] = {}
+# Deliveries of each task, counted in the broker's Redis: they outlive any worker.
+DELIVERIES_KEY = "kasparro:deliveries:{task_id}"
+DELIVERIES_KEPT_SECONDS = 7 * 24 * 3600  # far longer than a message takes to come back
 
 
 class WorkerLost(RuntimeError):
-    """The worker process running a run's task died each time the task was sent."""
+    """The worker (or its process) running a run's task died each time the task was sent."""
 
 
 @contextmanager
@@ -58,16 +62,52 @@ def unbind_task_log_context(task_id=None, **kwargs) -> None:
     structlog.contextvars.reset_contextvars(**_bound_by_task.pop(task_id, {}))
 
 
+def count_delivery(task) -> int | None:
+    """Count one more delivery of the running task in the broker's Redis; return the count.
+
+    A task whose worker process dies is retried by the worker, which counts those retries; a
+    task whose whole worker dies (killed, out of memory, its node lost) comes back from Redis
+    after the visibility timeout, and only this count sees it. None: no Redis broker to keep it.
+    """
+    broker = task.app.conf.broker_url or ""
+    if task.request.is_eager or not broker.startswith(("redis://", "rediss://")):
+        return None
+    key = DELIVERIES_KEY.format(task_id=task.request.id)
+    try:
+        with redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=5) as client:
+            count, _ = client.pipeline().incr(key).expire(key, DELIVERIES_KEPT_SECONDS).execute()
+    except redis.RedisError as exc:  # the message came from this Redis: a blip, not a loop
+        log.warning("etl.task.deliveries_uncounted", error=type(exc).__name__)
+        return None
+    return count
+
+
 def _ensure_running(run_id: int) -> None:
     run = db.session.get(EtlRun, run_id)
+    request = current_task.request
     if run is not None:
         tokens = structlog.contextvars.bind_contextvars(source=run.source)
-        _bound_by_task[current_task.request.id].update(tokens)
-    log.info("etl.task.started", task=current_task.name, attempt=current_task.request.retries + 1)
+        _bound_by_task[request.id].update(tokens)
+    deliveries = count_delivery(current_task)
+    log.info(
+        "etl.task.started", task=current_task.name, attempt=request.retries + 1, delivery=deliveries
+    )
     # A task delivered again after its run finished (or was closed as abandoned) does nothing.
     if run is None or run.status != RunStatus.RUNNING:
         log.warning("etl.task.stale_delivery", status=getattr(run, "status", None))
         raise Ignore()
+    # Every earlier delivery of a task whose run is still RUNNING ended with its worker lost.
+    bound = current_app.config["ETL_WORKER_LOST_RETRIES"] + 1
+    if deliveries is not None and deliveries > bound:
+        losses = deliveries - 1
+        lost = WorkerLost(
+            f"the worker running {current_task.name} was lost {losses} "
+            f"time{'s' * (losses > 1)} before the task ended "
+            "(each time the broker delivered it again); not retried again"
+        )
+        fail_run(db.session, run_id, lost)
+        log.error("etl.task.worker_lost", task=current_task.name, error=str(lost))
+        raise Ignore()  # acknowledged: the message does not come back
 
 
 @shared_task(name=EXTRACT_TASK)

@@ -73,6 +73,15 @@ class ManagedProcess:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def kill_main(self) -> None:
+        """Kill only the main process with SIGKILL, as a lost node or the OOM killer would.
+
+        A Celery worker's pool processes die with it (they ask the kernel for SIGKILL when their
+        parent dies), and nothing is acknowledged.
+        """
+        self.process.kill()
+        self.process.wait(timeout=10)
+
     def stop(self) -> None:
         """Stop the process group with SIGTERM, or kill it after fifteen seconds."""
         if self.process is None or self.process.poll() is not None:

@@ -234,6 +234,8 @@ def test_on_a_terminal_logs_are_readable_and_each_source_shows_its_progress(comm
     percents = [int(frame["percent"]) for frame in csv2[:-1]]
     assert len(percents) == 4 and percents == sorted(set(percents))  # 16 rows: four batches
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d", frame["left"]) for frame in csv2[1:-1])
+    # Its blank last line is read too: the bar ends full.
+    assert (csv2[-1]["percent"], csv2[-1]["left"]) == ("100", None)
     # An API's size is not known: rows and pace only.
     assert {frame["percent"] for frame in frames["coingecko_api"]} == {None}
     assert frames["coingecko_api"][-1]["rows"] == "5"

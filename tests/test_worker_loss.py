@@ -1,4 +1,7 @@
-"""A task that kills its worker process: retried a bounded number of times, then FAILED."""
+"""A task that kills its worker process, or its whole worker: sent a bounded number of times."""
+
+import json
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -8,6 +11,7 @@ from kasparro.etl.runs import start_run
 from kasparro.extensions import db
 from kasparro.models import EtlRun, UnifiedRecord
 from tasks.etl import extract, record_lost_worker, transform_and_upsert
+from tests.coingecko_imitation import Fault
 from tests.conftest import ADMIN_TOKEN
 from tests.processes import eventually
 from tests.test_celery_runs import wait_for_run
@@ -48,6 +52,66 @@ def test_a_task_that_kills_its_worker_is_bounded_then_fails_the_run_and_beat_goe
     following = wait_for_run(next_id)
     assert (following.status, following.trigger) == ("SUCCESS", "schedule")
     assert db.session.scalar(sa.select(sa.func.count()).select_from(UnifiedRecord)) == 14
+
+
+def _deliveries(worker, task_id: str) -> list[int]:
+    """Return the delivery count each start of ``task_id`` logged, in every worker so far."""
+    lines = (json.loads(line) for line in worker.log().splitlines() if line.startswith("{"))
+    return [
+        line["delivery"]
+        for line in lines
+        if line.get("event") == "etl.task.started" and line.get("task_id") == task_id
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_task_whose_whole_worker_dies_is_delivered_a_bounded_number_of_times(
+    broker_app, start_worker, coingecko, retries
+):
+    # The read hangs on CoinGecko's first page, and each worker reading it is killed there,
+    # main process first, as a lost node would be: nothing is acknowledged, and Redis hands
+    # the message back after the visibility timeout.
+    lost = {"ETL_WORKER_LOST_RETRIES": str(retries), "CELERY_VISIBILITY_TIMEOUT": "4"}
+    coingecko.fail_page(1, Fault(delay=60))
+    queued = broker_app.test_client().post(
+        "/etl/run", json={"sources": ["coingecko_api"]}, headers=AUTH
+    )
+    run_id, task_id = (queued.get_json()["runs"][0][key] for key in ("run_id", "task_id"))
+    for delivery in range(1, retries + 2):
+        worker = start_worker(**lost)
+        eventually(
+            lambda n=delivery: len(coingecko.page_requests()) >= n,
+            timeout=60,
+            what=f"delivery {delivery}",
+        )
+        worker.kill_main()
+
+    last = start_worker(**lost)
+    run = wait_for_run(run_id, timeout=60)
+
+    assert run.status == "FAILED"
+    times = "1 time" if retries == 0 else f"{retries + 1} times"
+    assert run.error == (
+        f"WorkerLost: the worker running etl.extract was lost {times} before the task ended "
+        "(each time the broker delivered it again); not retried again"
+    )
+    # The last delivery was acknowledged: past another visibility timeout it has not come back.
+    time.sleep(6)
+    assert _deliveries(last, task_id) == list(range(1, retries + 3))
+    assert len(coingecko.page_requests()) == retries + 1
+
+    # The next scheduled run finds the source free and loads it.
+    coingecko.clear_faults()
+    broker_app.extensions["celery"].send_task("etl.scheduled_run", args=["coingecko_api"])
+    next_id = eventually(
+        lambda: db.session.scalar(sa.select(sa.func.max(EtlRun.id)).where(EtlRun.id > run_id)),
+        timeout=60,
+        what="the scheduled run",
+    )
+    following = wait_for_run(next_id)
+    assert (following.status, following.trigger) == ("SUCCESS", "schedule")
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(UnifiedRecord)) == 15
 
 
 @pytest.mark.parametrize(

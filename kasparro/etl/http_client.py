@@ -2,12 +2,16 @@
 
 A 429 that says when to come back (``Retry-After``, or only ``x-ratelimit-reset``) is
 waited out as asked; any other transient failure backs off exponentially, with jitter. Each retry
-is logged with its source, attempt, reason and wait.
+is logged with its source, attempt, reason and wait. Within ``connect_attempts(n)`` (the first
+run as the app starts), an upstream that cannot be reached at all is given up after n tries.
 """
 
 import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -26,6 +30,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from kasparro.etl.errors import SourceError
 from kasparro.etl.ratelimit import CallPacer
@@ -34,16 +39,68 @@ from kasparro.metrics import record_rate_limit_wait, record_upstream_answer, rec
 log = structlog.get_logger(__name__)
 EPOCH_THRESHOLD = 1_000_000_000  # larger reset values are Unix times, smaller ones are seconds
 BODY_CHUNK = 64 * 1024
+# Tries of an upstream that cannot be reached at all, when a caller bounds them (None: the policy).
+_connect_attempts: ContextVar[int | None] = ContextVar("connect_attempts", default=None)
+
+
+@contextmanager
+def connect_attempts(limit: int) -> Iterator[None]:
+    """Within the block, give up on an upstream that cannot be reached after ``limit`` tries.
+
+    "Cannot be reached" is a refused connection, an unknown host or a connect that timed out:
+    nothing was answered. Every other failure (a read timeout, a 429, a 5xx) keeps the policy.
+    """
+    token = _connect_attempts.set(limit)
+    try:
+        yield
+    finally:
+        _connect_attempts.reset(token)
+
+
+class UpstreamUnreachable(SourceError):
+    """No connection to the upstream could be made within the tries allowed for it."""
 
 
 class TransientUpstreamError(Exception):
     """A failure worth asking again about: a timeout, a lost connection, a 429 or a 5xx."""
 
-    def __init__(self, reason: str, server_wait: float | None = None, status: int | None = None):
+    def __init__(
+        self,
+        reason: str,
+        server_wait: float | None = None,
+        status: int | None = None,
+        unreachable: str = "",
+    ):
         super().__init__(reason)
         self.reason = reason
         self.server_wait = server_wait
         self.status = status  # the HTTP status; None when no answer came back
+        self.unreachable = unreachable  # why no connection could be made; "" when one was
+
+
+def unreachable_reason(exc: requests.RequestException) -> str:
+    """Return why no connection could be made (refused, unknown host...); "" if one was made."""
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    if isinstance(reason, NameResolutionError):
+        return "host name not resolved"
+    if isinstance(reason, NewConnectionError):
+        cause = reason.__cause__
+        return (getattr(cause, "strerror", None) or type(cause).__name__).lower()
+    if isinstance(reason, ConnectTimeoutError):
+        return "no answer to the connect"
+    return ""
+
+
+class CannotConnectAfter(stop_base):
+    """Stop once ``attempts`` tries have each failed to make a connection."""
+
+    def __init__(self, attempts: int):
+        self.attempts = attempts
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        """Return whether the last try could not connect and was the last one allowed."""
+        failure = retry_state.outcome.exception()
+        return bool(failure.unreachable) and retry_state.attempt_number >= self.attempts
 
 
 class ServerOrBackoffWait(wait_base):
@@ -86,9 +143,13 @@ class RetryPolicy:
         half = {"multiplier": self.base_seconds / 2, "max": self.max_backoff_seconds / 2}
         return ServerOrBackoffWait(wait_exponential(**half) + wait_random_exponential(**half))
 
-    def stop(self) -> stop_base:
-        """Return the stop: after ``max_attempts`` tries, or before a wait past the budget."""
-        return stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_seconds)
+    def stop(self, connect_attempts: int | None = None) -> stop_base:
+        """Return the stop: after ``max_attempts`` tries, or before a wait past the budget.
+
+        With ``connect_attempts``, also after that many tries when the last could not connect.
+        """
+        stop = stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_seconds)
+        return stop if connect_attempts is None else stop | CannotConnectAfter(connect_attempts)
 
 
 def server_wait_seconds(headers, now: datetime | None = None) -> float | None:
@@ -145,10 +206,11 @@ class JsonClient:
         self.pacer = pacer
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.connect_attempts = _connect_attempts.get()
         self.retrying = Retrying(
             retry=retry_if_exception_type(TransientUpstreamError),
             wait=policy.wait(),
-            stop=policy.stop(),
+            stop=policy.stop(self.connect_attempts),
             before_sleep=self._log_retry,
             retry_error_callback=self._give_up,
         )
@@ -167,9 +229,11 @@ class JsonClient:
                 status = response.status_code
                 body = self._body(response, where) if status == 200 else None
         except requests.Timeout as exc:
-            raise TransientUpstreamError("timeout") from exc
+            raise TransientUpstreamError("timeout", unreachable=unreachable_reason(exc)) from exc
         except requests.RequestException as exc:
-            raise TransientUpstreamError(f"cannot connect ({type(exc).__name__})") from exc
+            raise TransientUpstreamError(
+                f"cannot connect ({type(exc).__name__})", unreachable=unreachable_reason(exc)
+            ) from exc
         finally:
             record_upstream_answer(self.source, status)
         if body is not None:
@@ -192,9 +256,16 @@ class JsonClient:
             wait_seconds=round(retry_state.upcoming_sleep, 3),
         )
 
-    @staticmethod
-    def _give_up(retry_state: RetryCallState) -> None:
+    def _give_up(self, retry_state: RetryCallState) -> None:
         where = retry_state.kwargs["where"]
+        failure = retry_state.outcome.exception()
+        tries = retry_state.attempt_number
+        bounded = self.connect_attempts is not None and tries >= self.connect_attempts
+        if failure.unreachable and bounded:
+            times = "once" if tries == 1 else f"{tries} times"
+            raise UpstreamUnreachable(
+                f"{where}: cannot connect ({failure.unreachable}); tried {times}"
+            )
         raise SourceError(
             f"{where}: gave up after {retry_state.attempt_number} attempts in "
             f"{retry_state.seconds_since_start:.1f}s: {retry_state.outcome.exception().reason}"

@@ -85,6 +85,9 @@ def extract(
                     position = _file_position(source, batch)
                     shown = ReadProgress(run.source, shown.rows_read + len(batch), *position)
                     progress(shown)
+        if shown.bytes_total is not None and not source.report().pending:
+            # Read to the end: what follows the last record (blank lines) was read too.
+            shown = replace(shown, bytes_read=shown.bytes_total)
     finally:
         if progress:  # before the lines that follow the read, so a display can end its line
             progress(replace(shown, finished=True))
