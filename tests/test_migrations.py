@@ -3,8 +3,11 @@
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from flask_migrate import downgrade, upgrade
 
+from kasparro.db_types import utcnow
 from kasparro.etl.sources import SOURCES
+from kasparro.etl.versions import data_version
 from kasparro.extensions import db
 
 # The tables every deployment has; each source adds its raw table.
@@ -67,3 +70,60 @@ def test_models_and_migration_agree(app):
     with db.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": False})
         assert compare_metadata(context, db.metadata) == []
+
+
+# Values as an earlier version stored them, each with the one text the migration leaves.
+STORED_VALUES = {
+    "coin-a": ("1700000000000.00", "1700000000000"),
+    "coin-b": ("100.0", "100"),
+    "coin-c": ("0.10", "0.1"),
+    "coin-d": ("0.000", "0"),
+    "coin-e": ("1000", "1000"),
+    "coin-f": ("0.0000001", "0.0000001"),
+    "coin-g": ("87387.12", "87387.12"),
+    "coin-h": ("-0.00", "0"),
+    "coin-i": ("-0", "0"),
+    "coin-j": ("5.", "5"),
+}
+
+
+def stored_value_texts() -> dict[str, str]:
+    """Return each observation's value as the database itself writes it as text."""
+    rows = db.session.execute(
+        sa.text("SELECT external_id, CAST(value AS TEXT) FROM unified_records")
+    )
+    return dict(rows.tuples().all())
+
+
+def test_the_migration_rewrites_stored_values_in_their_canonical_text(app):
+    db.session.remove()
+    downgrade(revision="0007")
+    try:
+        # As an earlier version wrote them: the source's own notation, on either engine.
+        run_id = db.session.execute(
+            sa.text(
+                "INSERT INTO etl_runs (source, status, trigger, started_at, rows_read, inserted,"
+                " updated, unchanged, rejected, unresolved)"
+                " VALUES ('csv1', 'SUCCESS', 'cli', :now, 0, 0, 0, 0, 0, 0) RETURNING id"
+            ),
+            {"now": utcnow()},
+        ).scalar_one()
+        for external_id, (text, _) in STORED_VALUES.items():
+            db.session.execute(
+                sa.text(
+                    "INSERT INTO unified_records (source, external_id, metric, value, currency,"
+                    " timestamp, ingested_at, run_id)"
+                    " VALUES ('csv1', :id, 'price_usd', :value, 'USD', :at, :at, :run)"
+                ),
+                {"id": external_id, "value": text, "at": utcnow(), "run": run_id},
+            )
+        db.session.commit()
+        before = stored_value_texts()
+        assert (before["coin-a"], before["coin-b"]) == ("1700000000000.00", "100.0")
+        version = data_version(db.session)
+        db.session.remove()
+    finally:
+        upgrade()
+
+    assert stored_value_texts() == {key: text for key, (_, text) in STORED_VALUES.items()}
+    assert data_version(db.session) > version  # kept responses hold the old texts: dropped
