@@ -215,11 +215,17 @@ class Checkpoint(Base):
 
 
 class RejectedRecord(Base):
-    """An input row that failed validation, with its text and the reason."""
+    """An input row that failed validation, with its text and the reason.
+
+    A rejection is about the record's content: ``content_key`` (``Source.content_keys``) is the
+    same for the same record read again, in a later generation of its file, so it is recorded
+    once; ``record_key`` is the raw record it was first rejected as.
+    """
 
     __tablename__ = "rejected_records"
     __table_args__ = (
         sa.UniqueConstraint("source", "record_key", name="uq_rejected_source_key"),
+        sa.UniqueConstraint("source", "content_key", name="uq_rejected_source_content"),
         sa.Index("ix_rejected_run_id", "run_id"),
     )
 
@@ -227,6 +233,7 @@ class RejectedRecord(Base):
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("etl_runs.id"))
     source: Mapped[str] = mapped_column(sa.String(32))
     record_key: Mapped[str] = mapped_column(sa.String(255))
+    content_key: Mapped[str] = mapped_column(sa.String(255))
     reference: Mapped[str] = mapped_column(sa.String(255))
     raw_text: Mapped[str] = mapped_column(sa.Text)
     reason: Mapped[str] = mapped_column(sa.Text)

@@ -474,9 +474,9 @@ def large_tables(postgres_app):
         f" SELECT {sources}, (ARRAY['SUCCESS', 'PARTIAL', 'FAILED', 'SKIPPED'])[1 + i % 4],"
         " 'cli', now() - i * interval '1 minute', now() - i * interval '1 minute', 10, 0, 0, 0,"
         " 0, 0 FROM generate_series(1, 3000) AS i",
-        "INSERT INTO rejected_records (run_id, source, record_key, reference, raw_text, reason,"
-        f" rejected_at) SELECT 1 + i % 3000, {sources}, 'key' || i, 'line ' || i, 'text', 'bad',"
-        " now() FROM generate_series(1, 10000) AS i",
+        "INSERT INTO rejected_records (run_id, source, record_key, content_key, reference,"
+        f" raw_text, reason, rejected_at) SELECT 1 + i % 3000, {sources}, 'key' || i, 'key' || i,"
+        " 'line ' || i, 'text', 'bad', now() FROM generate_series(1, 10000) AS i",
         "INSERT INTO unified_records (source, external_id, asset_id, symbol, name, metric, value,"
         f" currency, timestamp, ingested_at, run_id) SELECT {sources}, 'coin' || i % 300,"
         " 'asset' || i % 300, 'S' || i % 300, 'Coin', (ARRAY['price_usd', 'market_cap_usd',"

@@ -4,9 +4,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 
 from kasparro.etl.parsing import InvalidValue, parse_amount, parse_timestamp
 from kasparro.etl.sources.csv_markets import split_full_name
+from kasparro.extensions import db
+from tests.csv_files import CSV1_HEADER, write
 
 
 @pytest.mark.parametrize(
@@ -33,6 +36,27 @@ from kasparro.etl.sources.csv_markets import split_full_name
 def test_amounts_parse_exactly(raw, expected):
     assert parse_amount(raw) == Decimal(expected)
     assert format(parse_amount(raw), "f") == expected
+
+
+@pytest.mark.parametrize(
+    ("notations", "canonical"),
+    [
+        (("1.7T", "1700000000000.00", "1.70e12", "$1,700,000,000,000.0 USD"), "1700000000000"),
+        (("100", "100.0", "100.", "1e2", "0.1K", "0100"), "100"),
+        (("1e3", "1000", "1000.000", "1.000E+3", 1000, 1000.0), "1000"),
+        (("0.10", "0.1", ".1", "1e-1", "0.100000"), "0.1"),
+        (("0", "0.00", "-0", "-0.0", "0e5", 0, 0.0), "0"),
+        (("0.0000001", "1E-7", "0.00000010"), "0.0000001"),
+        (("12.5000", "1.25e1"), "12.5"),
+    ],
+)
+def test_every_notation_of_a_number_parses_to_one_canonical_text(notations, canonical):
+    for raw in notations:
+        value = parse_amount(raw)
+        # One text: no exponent, no trailing zero after the point, no trailing point, no -0;
+        # and one Decimal, so that both engines store and compare the same thing.
+        assert format(value, "f") == canonical, raw
+        assert value.as_tuple() == Decimal(canonical).as_tuple(), raw
 
 
 @pytest.mark.parametrize(
@@ -113,3 +137,57 @@ def test_bad_timestamps_are_rejected_with_a_reason(raw, reason):
 )
 def test_full_names_split_into_name_and_symbol(full_name, expected):
     assert split_full_name(full_name) == expected
+
+
+# A re-read file restates each value: the first run's notation, then another.
+RESTATED = [
+    ("bitcoin", "1700000000000.00", "1.7T", "1700000000000"),
+    ("ethereum", "100.0", "100", "100"),
+    ("solana", "1e3", "1000", "1000"),
+    ("tether", "0.10", "0.1", "0.1"),
+    ("dogecoin", "0.0000001", "1E-7", "0.0000001"),
+]
+
+
+def csv1_file(column: int) -> str:
+    """Return a csv1 file stating each RESTATED value in notation ``column`` (1 or 2)."""
+    return CSV1_HEADER + "".join(
+        f"{row[0]},{row[0].title()},{row[column]},2025-12-27T10:46:21Z\n" for row in RESTATED
+    )
+
+
+@pytest.mark.parametrize("first", [1, 2], ids=["plain-then-short", "short-then-plain"])
+def test_a_value_restated_in_another_notation_is_unchanged_and_served_as_one_text(
+    client, run_etl, csv_paths, first
+):
+    write(csv_paths["CSV1_PATH"], csv1_file(first))
+    assert run_etl("csv1")["csv1"].inserted == len(RESTATED)
+    served = {row["external_id"]: row["value"] for row in client.get("/data").get_json()["data"]}
+    # A rewritten file is read again as a new generation, each value in the other notation.
+    write(csv_paths["CSV1_PATH"], csv1_file(3 - first))
+
+    run = run_etl("csv1")["csv1"]
+
+    assert (run.status, run.rows_read, run.inserted, run.updated, run.unchanged) == (
+        "SUCCESS",
+        len(RESTATED),
+        0,
+        0,
+        len(RESTATED),
+    )
+    canonical = {row[0]: row[3] for row in RESTATED}
+    assert served == canonical
+    assert {row["external_id"]: row["value"] for row in client.get("/data").get_json()["data"]} == (
+        canonical
+    )
+    assert stored_texts() == canonical
+
+
+def stored_texts() -> dict[str, str]:
+    """Return each csv1 observation's value as the database itself writes it as text."""
+    rows = db.session.execute(
+        sa.text(
+            "SELECT external_id, CAST(value AS TEXT) FROM unified_records WHERE source = 'csv1'"
+        )
+    )
+    return dict(rows.tuples().all())

@@ -287,4 +287,4 @@ def test_a_line_corrected_in_a_later_reading_of_the_file_keeps_its_correction(
             UnifiedRecord.timestamp == datetime(2025, 12, 27, 10, 46, 21, tzinfo=UTC),
         )
     )
-    assert str(bitcoin) == "87400.00"
+    assert str(bitcoin) == "87400"  # in its canonical text

@@ -289,7 +289,7 @@ def test_renamed_csv1_column_above_threshold_is_mapped_and_rows_load(
     run = run_etl("csv1")["csv1"]
 
     assert (run.status, run.rows_read, run.inserted, run.rejected) == ("SUCCESS", 3, 3, 0)
-    assert unified("csv1") == {"bitcoin": "87387.00", "ethereum": "2922.48", "tether": "0.999512"}
+    assert unified("csv1") == {"bitcoin": "87387", "ethereum": "2922.48", "tether": "0.999512"}
     timestamps = db.session.scalars(
         sa.select(UnifiedRecord.timestamp).where(UnifiedRecord.source == "csv1")
     ).all()
@@ -334,7 +334,7 @@ def test_rows_rejected_for_drift_do_not_block_the_file_once_its_header_is_fixed(
 
     assert (fixed.status, fixed.rows_read, fixed.inserted, fixed.rejected) == ("SUCCESS", 3, 3, 0)
     assert drift_of(client, fixed) == []
-    assert unified("csv1") == {"bitcoin": "87387.00", "ethereum": "2922.48", "tether": "0.999512"}
+    assert unified("csv1") == {"bitcoin": "87387", "ethereum": "2922.48", "tether": "0.999512"}
 
 
 def test_renamed_csv2_columns_are_mapped_and_rows_load(client, run_etl, csv_paths, capfd):
@@ -422,7 +422,7 @@ def test_extra_csv_column_is_recorded_and_rows_load(client, run_etl, csv_paths, 
     run = run_etl("csv1")["csv1"]
 
     assert (run.status, run.rows_read, run.inserted, run.rejected) == ("SUCCESS", 3, 3, 0)
-    assert unified("csv1") == {"bitcoin": "87387.00", "ethereum": "2922.48", "tether": "0.999512"}
+    assert unified("csv1") == {"bitcoin": "87387", "ethereum": "2922.48", "tether": "0.999512"}
     events = [{"kind": "unexpected", "found": "exchange", "action": "recorded"}]
     assert drift_of(client, run) == events
     assert_logged(capfd, run, events)
@@ -448,7 +448,7 @@ def test_reordered_csv_columns_are_recorded_and_values_are_taken_by_name(
         ).where(UnifiedRecord.source == "csv1")
     ).all()
     assert sorted((r[0], r[1], str(r[2]), r[3].isoformat(), r[4]) for r in rows) == [
-        ("bitcoin", "Bitcoin", "87387.00", "2025-12-27T10:46:21+00:00", "bitcoin"),
+        ("bitcoin", "Bitcoin", "87387", "2025-12-27T10:46:21+00:00", "bitcoin"),
         ("ethereum", "Ethereum", "2922.48", "2025-12-27T10:46:21+00:00", "ethereum"),
         ("tether", "Tether", "0.999512", "2025-12-27T10:46:21+00:00", "tether"),
     ]

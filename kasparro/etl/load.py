@@ -163,15 +163,17 @@ def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts
 
 
 def insert_rejections(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Record rejected rows once each; return how many were new."""
+    """Record rejected rows once each; return how many were new.
+
+    A rejection already stored, for the same raw record or for the same content (the source's
+    ``content_keys``), is left as it is.
+    """
     if not rows:
         return 0
     result = insert_many(
         session,
         RejectedRecord,
         rows,
-        lambda insert: insert.on_conflict_do_nothing(
-            index_elements=["source", "record_key"]
-        ).returning(insert.table.c.id),
+        lambda insert: insert.on_conflict_do_nothing().returning(insert.table.c.id),
     )
     return len(result.scalars().all())

@@ -31,7 +31,12 @@ class InvalidValue(ValueError):
 
 
 def parse_amount(raw: object) -> Decimal:
-    """Parse an amount like ``87387.12``, ``1,234.5``, ``$1.7T`` or ``4800 USD`` exactly."""
+    """Parse an amount like ``87387.12``, ``1,234.5``, ``$1.7T`` or ``4800 USD`` exactly.
+
+    Every notation of one number gives one Decimal, written one way (``canonical_text``):
+    ``1.7T``, ``1700000000000.00`` and ``1.7e12`` are the same value, so both engines find a
+    restated value unchanged, and serve the same text for it.
+    """
     if raw is None:
         raise InvalidValue("missing value")
     if isinstance(raw, bool):
@@ -43,6 +48,8 @@ def parse_amount(raw: object) -> Decimal:
         value = _decimal(repr(raw))
     elif isinstance(raw, str):
         if _PLAIN_AMOUNT.fullmatch(raw):
+            if "." in raw and raw[-1] == "0":
+                return Decimal(raw.rstrip("0").rstrip("."))
             return Decimal(raw)
         value = _parse_amount_text(raw)
     else:
@@ -57,7 +64,21 @@ def parse_amount(raw: object) -> Decimal:
         raise InvalidValue(
             f"amount has {decimals} digits after the point; the limit is {MAX_DIGITS_AFTER_POINT}"
         )
-    return Decimal(format(value, "f"))  # plain notation: 1740000000000, not 1.74E+12
+    return Decimal(canonical_text(value))
+
+
+def canonical_text(value: Decimal) -> str:
+    """Return the one text of ``value``: no exponent, no zero ending a fraction, no ``-0``.
+
+    ``1740000000000``, not ``1.74E+12`` or ``1740000000000.00``; ``0.1``, not ``0.10``; ``100``,
+    not ``100.`` or ``1E+2``. A Decimal built from this text writes it back with ``format(d,
+    "f")``, which is how SQLite stores an exact decimal (``db_types.ExactDecimal``); PostgreSQL's
+    NUMERIC keeps the same digits and scale.
+    """
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def _decimals(value: Decimal) -> int:

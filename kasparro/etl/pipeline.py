@@ -213,7 +213,10 @@ class BatchLoader:
         run.inserted += counts.inserted
         run.updated += counts.updated
         run.unchanged += counts.unchanged
-        run.rejected += insert_rejections(session, rejections)
+        # Every record this run rejected counts, known already or not: the run's counts add up
+        # to the rows it read. Only the new ones are stored, and counted by the database.
+        insert_rejections(session, rejections)
+        run.rejected += len(rejections)
         checkpoint = self.checkpoint
         checkpoint.cursor = source.advance(checkpoint.cursor, raws, report)
         checkpoint.last_raw_id = raws[-1].id
@@ -239,7 +242,7 @@ def transform_batch(
     source.prepare(session, raws)
     duplicates = source.duplicates(session, raws)
     accepted: list[tuple[Any, list[Observation]]] = []
-    rejections: list[dict[str, Any]] = []
+    refused: list[tuple[Any, str]] = []
     for raw in raws:
         try:
             if raw.id in duplicates:
@@ -249,9 +252,10 @@ def transform_batch(
                 check_storable(observation)
         except (ValueError, ArithmeticError) as exc:  # InvalidValue, or a parser's own error
             reason = str(exc) if isinstance(exc, InvalidValue) else f"unreadable value: {exc}"
-            rejections.append(_rejection(source, run, raw, reason))
+            refused.append((raw, reason))
             continue
         accepted.append((raw, observations))
+    rejections = _rejections(session, source, run, refused)
     # Only a record that loads vouches for a coin's identity.
     known = [asset for raw, _ in accepted for asset in source.known_assets(raw, report)]
     upsert_assets(session, known, origin=source.name)
@@ -296,17 +300,34 @@ def check_storable(observation: Observation) -> None:
     check_text("symbol", observation.symbol, _TEXT_LIMITS["symbol"])
 
 
-def _rejection(source: Source, run: EtlRun, raw, reason: str) -> dict[str, Any]:
-    reference, text = source.describe(raw)
-    return {
-        "run_id": run.id,
-        "source": run.source,
-        "record_key": raw.record_key,
-        "reference": storable(reference)[: RejectedRecord.reference.type.length],
-        "raw_text": storable(text),
-        "reason": storable(reason),
-        "rejected_at": utcnow(),
-    }
+def _rejections(
+    session: Session, source: Source, run: EtlRun, refused: list[tuple[Any, str]]
+) -> list[dict[str, Any]]:
+    """Return the rejected_records rows of ``refused`` (raw, reason) records.
+
+    Each carries its content key: a record read again, in a later generation of its file, has
+    the key of its first reading, and its rejection is recorded once.
+    """
+    if not refused:
+        return []
+    keys = source.content_keys(session, [raw for raw, _ in refused])
+    rejected_at = utcnow()
+    rows = []
+    for raw, reason in refused:
+        reference, text = source.describe(raw)
+        rows.append(
+            {
+                "run_id": run.id,
+                "source": run.source,
+                "record_key": raw.record_key,
+                "content_key": keys[raw.id],
+                "reference": storable(reference)[: RejectedRecord.reference.type.length],
+                "raw_text": storable(text),
+                "reason": storable(reason),
+                "rejected_at": rejected_at,
+            }
+        )
+    return rows
 
 
 def run_source(

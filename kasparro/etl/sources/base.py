@@ -164,6 +164,14 @@ class Source(ABC):
         """Load what turning ``raws`` into observations needs beyond the rows themselves."""
         return None  # most sources need nothing beyond the rows
 
+    def content_keys(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
+        """Return, by raw id, what identifies each record of ``raws`` by its content.
+
+        A record read again has the key of its first reading, so its rejection is stored once.
+        Most sources read a record once: its natural key is its content's.
+        """
+        return {raw.id: raw.record_key for raw in raws}
+
     def duplicates(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
         """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
         return {}

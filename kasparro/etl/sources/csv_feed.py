@@ -574,6 +574,30 @@ class CsvSource(Source):
         )
         return {raw_id: f"duplicate of line {line}" for raw_id, line in found}
 
+    def content_keys(self, session: Session, raws: list[RawCsvRecordMixin]) -> dict[int, str]:
+        """Return each record's content hash with its occurrence among the identical lines of
+        its generation (``<hash>:1``, ``<hash>:2``, ...).
+
+        Identical lines of one file are as many records; the same line in a later generation
+        (the file edited, or replaced) is one already read. One index probe per record.
+        """
+        row, earlier = self.raw_model.__table__, self.raw_model.__table__.alias("earlier")
+        repeats = session.execute(
+            sa.select(row.c.id, sa.func.count())
+            .join(
+                earlier,
+                sa.and_(
+                    earlier.c.content_hash == row.c.content_hash,
+                    earlier.c.generation == row.c.generation,
+                    earlier.c.line_no < row.c.line_no,
+                ),
+            )
+            .where(row.c.id.in_([raw.id for raw in raws]))
+            .group_by(row.c.id)
+        )
+        earlier_copies = dict(repeats.tuples().all())
+        return {raw.id: f"{raw.content_hash}:{earlier_copies.get(raw.id, 0) + 1}" for raw in raws}
+
     def observations(self, raw: RawCsvRecordMixin, report: ReadReport) -> list[Observation]:
         """Split a record with its generation's header and map it to observations."""
         generation = self._generations[raw.generation]
