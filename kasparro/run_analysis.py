@@ -469,8 +469,8 @@ def _jump(row: sa.Row, previous: sa.Row | None, thresholds: Thresholds) -> dict[
         "score": change,
         "threshold": thresholds.jump_percent,
         "reason": (
-            f"{row.metric} of {row.asset_id} from {row.source} moved from {previous.value}"
-            f" at {previous.timestamp.isoformat()} to {row.value} at"
+            f"{row.metric} of {row.asset_id} from {row.source} moved from {previous.value:f}"
+            f" at {previous.timestamp.isoformat()} to {row.value:f} at"
             f" {row.timestamp.isoformat()}: {change:+.2f}%, beyond ±{thresholds.jump_percent:g}%"
         ),
         "jump": {
@@ -566,9 +566,9 @@ def _disagreement(
         "score": agreed.spread_percent,
         "threshold": limit,
         "reason": (
-            f"the latest {metric} of {asset_id} ranges from {low.value} ({low.source}) to"
-            f" {high.value} ({high.source}) across {len(values)} sources: a spread of"
-            f" {agreed.spread_percent:.2f}% of the median {agreed.median}, beyond {limit:g}%"
+            f"the latest {metric} of {asset_id} ranges from {low.value:f} ({low.source}) to"
+            f" {high.value:f} ({high.source}) across {len(values)} sources: a spread of"
+            f" {agreed.spread_percent:.2f}% of the median {agreed.median:f}, beyond {limit:g}%"
         ),
         "disagreement": {
             "asset_id": asset_id,

@@ -249,3 +249,20 @@ def test_differences_and_medians_of_the_extremes_are_served_exactly(client, extr
     }
     # csv1's largest price and CoinGecko's largest whole number: the midpoint has 41 decimals.
     assert Decimal(medians["price_usd"]) == Decimal("9" * 30 + ".4" + "9" * 39 + "5")
+
+
+def test_anomaly_reasons_write_the_extremes_as_the_values_are_served(client, extremes):
+    found = client.get(f"/anomalies?since={LONG_AGO}&page_size=100").get_json()["anomalies"]
+    jumps = [anomaly for anomaly in found if anomaly["kind"] == "value_jump"]
+    disagreements = [anomaly for anomaly in found if anomaly["kind"] == "source_disagreement"]
+
+    assert jumps and disagreements
+    for anomaly in jumps:
+        jump = anomaly["jump"]
+        assert f"moved from {jump['previous_value']} at" in anomaly["reason"]
+        assert f"to {jump['value']} at" in anomaly["reason"]
+    for anomaly in disagreements:
+        disagreement = anomaly["disagreement"]
+        assert f"ranges from {disagreement['low']} (" in anomaly["reason"]
+        assert f"the median {disagreement['median']}," in anomaly["reason"]
+    assert any(SMALLEST in anomaly["reason"] for anomaly in found)
