@@ -8,12 +8,14 @@ the pairs probed come from ``unified_totals``, which the database keeps small an
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kasparro.models import UnifiedRecord, UnifiedTotal
+
+DEFAULT_PRECISION = 28  # the decimal module's default context
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,40 @@ class Consensus:
     sources: int
 
 
+def exact_context(*values: Decimal) -> Context:
+    """Return a decimal context in which the sum, difference or half of two of ``values`` is exact.
+
+    Stored values have up to 70 digits (kasparro.etl.parsing): the default context's 28 would
+    round them. The precision spans every digit the operands hold, one more for a carry and one
+    more for a half; a quotient is then rounded to that many digits, far more than a float holds.
+    """
+    highest = max((value.adjusted() for value in values), default=0)
+    lowest = min((value.as_tuple().exponent for value in values), default=0)
+    return Context(prec=max(DEFAULT_PRECISION, highest - min(lowest, 0) + 3))
+
+
+def relative_change_percent(before: Decimal, after: Decimal) -> float:
+    """Return how far ``after`` is from ``before``, in % of ``before`` (which is not zero)."""
+    with localcontext(exact_context(before, after)):
+        return float((after - before) / abs(before) * 100)
+
+
 def consensus(values: Sequence[Decimal]) -> Consensus | None:
-    """Return the median, range and spread of ``values``, or None when there are none."""
+    """Return the median, range and spread of ``values``, or None when there are none.
+
+    The median of an even count is the exact midpoint of the two middle values.
+    """
     if not values:
         return None
     ordered = sorted(values)
     middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
     low, high = ordered[0], ordered[-1]
-    compared = len(ordered) > 1 and median
-    spread = float((high - low) / abs(median) * 100) if compared else None
+    with localcontext(exact_context(*ordered)):
+        median = (
+            ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+        )
+        compared = len(ordered) > 1 and median
+        spread = float((high - low) / abs(median) * 100) if compared else None
     return Consensus(median, low, high, spread, len(ordered))
 
 

@@ -21,14 +21,16 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from marshmallow import Schema
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.functions import FunctionElement
 
-from kasparro.asset_values import LatestValue, consensus, latest_values
+from kasparro.asset_values import LatestValue, consensus, latest_values, relative_change_percent
 from kasparro.db_types import UTCDateTime
+from kasparro.input_fields import WholeNumber
 from kasparro.models import Asset, AssetAlias, UnifiedCount, UnifiedRecord
-from kasparro.queries import NOT_ISSUED, pack_cursor, unpack_cursor
+from kasparro.queries import NOT_ISSUED, InvalidCursor, pack_cursor, unpack_cursor
 
 SORTS = ("market_cap", "name")
 PRICE = "price_usd"
@@ -189,7 +191,7 @@ def _of_metric(values: Iterable[LatestValue], metric: str) -> list[LatestValue]:
 
 
 def _percent_change(now: Decimal, then: Decimal) -> float | None:
-    return float((now - then) / abs(then) * 100) if then else None
+    return relative_change_percent(then, now) if then else None
 
 
 # --- GET /assets ---------------------------------------------------------------------------------
@@ -390,16 +392,27 @@ def encode_history_cursor(bucket_start_seconds: int) -> str:
     return pack_cursor({"b": bucket_start_seconds})
 
 
+# The epoch seconds of the first and last second a datetime holds (years 1 and 9999).
+FIRST_SECOND = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+LAST_SECOND = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+
+
+class BucketPosition(Schema):
+    """A history cursor's contents: the epoch second of the page's first bucket."""
+
+    b = WholeNumber(FIRST_SECOND, LAST_SECOND, required=True)
+
+
+BUCKET_POSITION = BucketPosition()
+
+
 def decode_history_cursor(cursor: str, interval: str) -> datetime:
     """Return where the page a cursor points to starts; it must fall on an ``interval`` bucket."""
-
-    def bucket_start(fields: Any) -> datetime:
-        seconds = fields["b"]
-        if type(seconds) is not int or seconds % INTERVALS[interval]:
-            raise ValueError(seconds)
-        return datetime.fromtimestamp(seconds, UTC)
-
-    return unpack_cursor(cursor, bucket_start, f"{NOT_ISSUED} for {interval} buckets")
+    message = f"{NOT_ISSUED} for {interval} buckets"
+    seconds = unpack_cursor(cursor, BUCKET_POSITION, message)["b"]
+    if seconds % INTERVALS[interval]:
+        raise InvalidCursor(message)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def asset_history(

@@ -8,17 +8,18 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from marshmallow import Schema, ValidationError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from kasparro.etl.sources import SOURCES
+from kasparro.input_fields import AwareDateTime, WholeNumber
 from kasparro.models import (
     EtlRun,
     RejectedCount,
@@ -44,7 +45,6 @@ class InvalidCursor(ValueError):
 
 
 NOT_ISSUED = "cursor is not one this server issued"
-T = TypeVar("T")
 
 
 def pack_cursor(fields: dict[str, Any]) -> str:
@@ -53,12 +53,27 @@ def pack_cursor(fields: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def unpack_cursor(cursor: str, read: Callable[[Any], T], message: str = NOT_ISSUED) -> T:
-    """Return what ``read`` makes of a cursor's fields; InvalidCursor when either fails."""
+def unpack_cursor(cursor: str, contents: Schema, message: str = NOT_ISSUED) -> dict[str, Any]:
+    """Return a cursor's fields as ``contents`` loads them; InvalidCursor when either fails.
+
+    A client can forge any JSON in a cursor: ``contents`` checks it with the fields that check
+    query arguments, so what reaches a query is what this server could have issued.
+    """
     try:
-        return read(json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))))
-    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError, OSError):
+        fields = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return contents.load(fields)
+    except (binascii.Error, ValueError, ValidationError, RecursionError):
         raise InvalidCursor(message) from None
+
+
+class RecordPosition(Schema):
+    """A /data cursor's contents: the (timestamp, id) of the record the page starts after."""
+
+    t = AwareDateTime(required=True)
+    i = WholeNumber(0, MAX_ID, required=True)
+
+
+RECORD_POSITION = RecordPosition()
 
 
 def encode_cursor(record: UnifiedRecord) -> str:
@@ -66,16 +81,10 @@ def encode_cursor(record: UnifiedRecord) -> str:
     return pack_cursor({"t": record.timestamp.isoformat(), "i": record.id})
 
 
-def _record_position(fields: Any) -> tuple[datetime, int]:
-    timestamp, record_id = datetime.fromisoformat(fields["t"]).astimezone(UTC), int(fields["i"])
-    if not 0 <= record_id <= MAX_ID:
-        raise ValueError(record_id)
-    return timestamp, record_id
-
-
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     """Return the (timestamp, id) a cursor points after."""
-    return unpack_cursor(cursor, _record_position)
+    position = unpack_cursor(cursor, RECORD_POSITION)
+    return position["t"], position["i"]
 
 
 # Totals under source, metric and asset are exact, from the counts the database maintains; any

@@ -26,15 +26,23 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 from sqlalchemy.orm import Session, aliased
 
-from kasparro.asset_values import LatestValue, consensus, latest_values
+from kasparro.asset_values import (
+    LatestValue,
+    consensus,
+    exact_context,
+    latest_values,
+    relative_change_percent,
+)
+from kasparro.input_fields import AwareDateTime, Text, WholeNumber
 from kasparro.models import EtlRun, RunStatus, UnifiedCount, UnifiedRecord
 from kasparro.queries import MAX_ID, InvalidCursor, pack_cursor, unpack_cursor
 
@@ -206,11 +214,6 @@ def _value_at(run: EtlRun) -> sa.ScalarSelect:
     )
 
 
-def relative_change_percent(before: Decimal, after: Decimal) -> float:
-    """Return how far ``after`` is from ``before``, in % of ``before`` (which is not zero)."""
-    return float((after - before) / abs(before) * 100)
-
-
 @dataclass(frozen=True)
 class Mover:
     """An asset's metric whose value differs between two runs."""
@@ -222,8 +225,9 @@ class Mover:
 
     @property
     def change(self) -> Decimal:
-        """Return the value at run b minus the value at run a."""
-        return self.value_b - self.value_a
+        """Return the value at run b minus the value at run a, exactly."""
+        with localcontext(exact_context(self.value_a, self.value_b)):
+            return self.value_b - self.value_a
 
     @property
     def change_percent(self) -> float:
@@ -465,8 +469,8 @@ def _jump(row: sa.Row, previous: sa.Row | None, thresholds: Thresholds) -> dict[
         "score": change,
         "threshold": thresholds.jump_percent,
         "reason": (
-            f"{row.metric} of {row.asset_id} from {row.source} moved from {previous.value}"
-            f" at {previous.timestamp.isoformat()} to {row.value} at"
+            f"{row.metric} of {row.asset_id} from {row.source} moved from {previous.value:f}"
+            f" at {previous.timestamp.isoformat()} to {row.value:f} at"
             f" {row.timestamp.isoformat()}: {change:+.2f}%, beyond ±{thresholds.jump_percent:g}%"
         ),
         "jump": {
@@ -562,9 +566,9 @@ def _disagreement(
         "score": agreed.spread_percent,
         "threshold": limit,
         "reason": (
-            f"the latest {metric} of {asset_id} ranges from {low.value} ({low.source}) to"
-            f" {high.value} ({high.source}) across {len(values)} sources: a spread of"
-            f" {agreed.spread_percent:.2f}% of the median {agreed.median}, beyond {limit:g}%"
+            f"the latest {metric} of {asset_id} ranges from {low.value:f} ({low.source}) to"
+            f" {high.value:f} ({high.source}) across {len(values)} sources: a spread of"
+            f" {agreed.spread_percent:.2f}% of the median {agreed.median:f}, beyond {limit:g}%"
         ),
         "disagreement": {
             "asset_id": asset_id,
@@ -619,39 +623,49 @@ def encode_cursor(kind: str, position: list[Any], since: datetime) -> str:
     return pack_cursor({"k": kind, "p": position, "s": since.isoformat()})
 
 
-def _bounded(value: Any, largest: int) -> int:
-    if not isinstance(value, int) or not 0 <= value <= largest:
-        raise ValueError(value)
-    return value
+# Where a page stopped, in each kind's order: (run id, measure index), (timestamp, record id) and
+# (asset id, metric); checked like query arguments, for a client can forge a cursor.
+POSITIONS = {
+    "run_outlier": fields.Tuple(
+        (WholeNumber(0, MAX_RUN_ID), WholeNumber(0, len(RUN_MEASURES))), required=True
+    ),
+    "value_jump": fields.Tuple((AwareDateTime(), WholeNumber(0, MAX_ID)), required=True),
+    "source_disagreement": fields.Tuple(
+        (
+            Text(max_length=UnifiedRecord.asset_id.type.length),
+            Text(max_length=UnifiedRecord.metric.type.length),
+        ),
+        required=True,
+    ),
+}
 
 
-def _position(kind: str, position: Any) -> list[Any]:
-    """Check a decoded position's shape for ``kind``; return it with its types restored."""
-    first, second = position
-    if kind == "run_outlier":
-        return [_bounded(first, MAX_RUN_ID), _bounded(second, len(RUN_MEASURES))]
-    if kind == "value_jump":
-        return [datetime.fromisoformat(first).astimezone(UTC), _bounded(second, MAX_ID)]
-    if not (isinstance(first, str) and isinstance(second, str)):
-        raise ValueError(position)
-    return [first, second]
+class AnomalyPosition(Schema):
+    """An anomaly cursor's contents: the kind, the position in its order, the window's start."""
+
+    k = fields.String(required=True, validate=validate.OneOf(KINDS))
+    p = fields.Raw(required=True)
+    s = AwareDateTime(required=True)
+
+    @post_load
+    def typed_position(self, data: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Check the position as its kind's fields, and return it with their types."""
+        try:
+            data["p"] = list(POSITIONS[data["k"]].deserialize(data["p"]))
+        except ValidationError as exc:
+            raise ValidationError(exc.messages, "p") from None
+        return data
+
+
+ANOMALY_POSITION = AnomalyPosition()
 
 
 def decode_cursor(cursor: str, kinds: Sequence[str]) -> tuple[str, list[Any], datetime]:
     """Return the kind, position and window start of a cursor issued for these ``kinds``."""
-
-    def read(fields: Any) -> tuple[str, list[Any], datetime]:
-        kind = fields["k"]
-        return (
-            kind,
-            _position(kind, fields["p"]),
-            datetime.fromisoformat(fields["s"]).astimezone(UTC),
-        )
-
-    kind, position, since = unpack_cursor(cursor, read)
-    if kind not in kinds:
+    contents = unpack_cursor(cursor, ANOMALY_POSITION)
+    if contents["k"] not in kinds:
         raise InvalidCursor("cursor is not one this server issued for this kind")
-    return kind, position, since
+    return contents["k"], contents["p"], contents["s"]
 
 
 def find_anomalies(

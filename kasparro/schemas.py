@@ -1,12 +1,11 @@
 """Marshmallow schemas for every request's arguments and every response body."""
 
-from datetime import UTC
-
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from kasparro.asset_views import INTERVALS, MAX_HISTORY_LIMIT, PRICE, RESOLVED_FROM_WINDOW, SORTS
 from kasparro.etl.assets import alias_text, alias_too_long
 from kasparro.etl.sources import SOURCES
+from kasparro.input_fields import AwareDateTime, Text
 from kasparro.models import RUN_TRIGGERS, Asset, RunStatus
 from kasparro.queries import EXACT_COUNT_LIMIT
 from kasparro.run_analysis import KINDS, MAX_RUN_ID, RUN_MEASURES
@@ -25,29 +24,6 @@ RETRY_AFTER = {
         "schema": {"type": "integer"},
     }
 }
-
-
-class AwareDateTime(fields.DateTime):
-    """An ISO 8601 datetime; one without a zone is taken as UTC."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        parsed = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-        except OverflowError:
-            raise ValidationError("datetime out of range") from None
-
-
-def _no_nul(value: str) -> None:
-    if "\x00" in value:
-        raise ValidationError("must not contain a NUL character")
-
-
-class Text(fields.String):
-    """A string argument without NUL characters (which PostgreSQL text cannot hold)."""
-
-    def __init__(self, *, max_length: int, **kwargs):
-        super().__init__(validate=[validate.Length(min=1, max=max_length), _no_nul], **kwargs)
 
 
 class PlainDecimal(fields.Decimal):

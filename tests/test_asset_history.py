@@ -3,6 +3,7 @@ both engines, paged by cursor; and, on PostgreSQL, served by the asset-metric in
 """
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -204,6 +205,52 @@ def test_buckets_before_1970_start_on_their_boundary(app, series):
         (datetime(1969, 12, 31, 23, 55, tzinfo=UTC), 1),
         (datetime(1970, 1, 1, tzinfo=UTC), 1),
     ]
+
+
+# A history backfill stores old points after live ones: within a bucket, ids do not follow time.
+# (time, value) in the order stored; the open is 10:05's and the close 10:55's in both.
+BACKFILLED = {
+    "open_stored_last": [
+        ("10:55", "30"),  # a live snapshot, stored first: the close
+        ("10:40", "25"),
+        ("10:20", "9"),
+        ("10:05", "11"),  # the backfill's oldest point, stored last: the open
+    ],
+    "close_stored_first_open_in_between": [
+        ("10:55", "40"),  # the close, the lowest id
+        ("10:30", "35"),
+        ("10:05", "12"),  # the open, neither first nor last by id
+        ("10:35", "50"),
+        ("10:50", "20"),
+    ],
+}
+
+
+@pytest.mark.parametrize("stored", list(BACKFILLED.values()), ids=list(BACKFILLED))
+@pytest.mark.parametrize("source", ["coingecko_api", None], ids=["one_source", "all_sources"])
+def test_a_buckets_open_and_close_go_by_time_when_old_points_are_stored_after_new(
+    client, app, stored, source
+):
+    crafted = Crafted()
+    crafted.asset("solana", "SOL", "Solana")
+    for time, value in stored:
+        crafted.observe("solana", "coingecko_api", "price_usd", value, moment(time))
+    db.session.commit()
+    by_time = sorted(stored)
+    values = sorted((Decimal(value) for _, value in stored))
+    expected = {
+        "open": by_time[0][1],
+        "high": str(values[-1]),
+        "low": str(values[0]),
+        "close": by_time[-1][1],
+        "count": len(stored),
+    }
+
+    for interval, start in (("1h", "10:00"), ("1d", "00:00")):
+        query = f"interval={interval}" + (f"&source={source}" if source else "")
+        [found] = history(client, query, asset="solana").get_json()["buckets"]
+
+        assert found == {"start": f"2025-03-01T{start}:00+00:00", **expected}
 
 
 # --- the plan on PostgreSQL ---------------------------------------------------------------------

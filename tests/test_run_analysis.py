@@ -239,6 +239,34 @@ def test_a_price_jump_is_flagged_with_its_exact_relative_change(app, client):
     assert "+150.00%" in body["anomalies"][1]["reason"]
 
 
+# Moves of +20%, +150% and -70% in turn, flagged or not by where ANOMALY_JUMP_PERCENT lies.
+@pytest.mark.parametrize(
+    ("threshold", "flagged"),
+    [
+        ("10", [-70.0, 150.0, 20.0]),
+        ("100", [150.0]),
+        ("149.5", [150.0]),
+        ("200", []),
+    ],
+)
+def test_a_value_jump_is_flagged_beyond_the_configured_percent(
+    request, settings, threshold, flagged
+):
+    settings["ANOMALY_JUMP_PERCENT"] = threshold
+    request.getfixturevalue("app")
+    client = request.getfixturevalue("client")
+    run = add_run("csv1", 0)
+    for hour, value in enumerate(("100", "120", "300", "90")):
+        observe(run, "bitcoin", value, BASE + timedelta(hours=hour))
+
+    body = anomalies(client, kind="value_jump")
+
+    assert body["thresholds"]["jump_percent"] == float(threshold)
+    assert [a["score"] for a in body["anomalies"]] == flagged
+    assert {a["threshold"] for a in body["anomalies"]} <= {float(threshold)}
+    assert all(f"beyond ±{float(threshold):g}%" in a["reason"] for a in body["anomalies"])
+
+
 def test_a_jump_from_before_the_window_is_flagged_by_its_later_observation(app, client):
     run = add_run("csv1", 0)
     observe(run, "bitcoin", "100", BASE - timedelta(days=2))

@@ -13,7 +13,7 @@ zero, and group thousands with commas.
 """
 
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 from sqlalchemy.orm import Session
 
+from kasparro.asset_values import DEFAULT_PRECISION
 from kasparro.asset_views import list_assets
 from kasparro.extensions import db
 from kasparro.models import EtlRun
@@ -74,8 +75,18 @@ def dashboard_content(session: Session) -> dict[str, Any]:
 
 
 def rounded(value: float, exponent: int) -> Decimal:
-    """Round ``value`` to a multiple of 10**exponent as the browser does, ties away from zero."""
-    return Decimal(repr(value)).quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_UP)
+    """Round ``value`` to a multiple of 10**exponent as the browser does, ties away from zero.
+
+    The precision spans every digit from the value's first to 10**exponent: a stored price may
+    have 30 digits before the point, and a percentage of it more, beyond the default 28.
+    """
+    shortest = Decimal(repr(value))
+    digits = max(shortest.adjusted(), exponent) - exponent + 2  # one more for a carry
+    return shortest.quantize(
+        Decimal(1).scaleb(exponent),
+        rounding=ROUND_HALF_UP,
+        context=Context(prec=max(DEFAULT_PRECISION, digits)),
+    )
 
 
 def significant(value: float, digits: int) -> Decimal:
