@@ -1,7 +1,8 @@
 """``GET /metrics``: Prometheus metrics of the API (every gunicorn worker) and its database.
 
 The Celery worker serves its own on ``WORKER_METRICS_PORT`` (kasparro/celery_app.py); in the
-embedded mode tasks run in this process, so their metrics are here.
+embedded mode tasks run in this process, so their metrics are here. METRICS_TOKEN and
+METRICS_ALLOWED_NETWORKS keep them to Prometheus (kasparro/access.py).
 
 The WSGI server tells on each request whether other processes serve the app too
 (``wsgi.multiprocess``: ``gunicorn -w 2``). Without a directory they share, each would serve its
@@ -15,6 +16,7 @@ from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 from sqlalchemy.exc import SQLAlchemyError
 
+from kasparro.access import require_metrics_access
 from kasparro.etl.sources import SOURCES
 from kasparro.extensions import db
 from kasparro.metrics import (
@@ -50,6 +52,12 @@ def warn_of_split_metrics() -> None:
 
 @blp.route("/metrics")
 @blp.response(200, TEXT, content_type="text/plain", description="Prometheus text format 0.0.4")
+@blp.alt_response(401, schema=ErrorSchema, description="METRICS_TOKEN is set: no bearer token")
+@blp.alt_response(
+    403,
+    schema=ErrorSchema,
+    description="A wrong bearer token, or a client outside METRICS_ALLOWED_NETWORKS",
+)
 @blp.alt_response(
     503,
     schema=ErrorSchema,
@@ -57,6 +65,7 @@ def warn_of_split_metrics() -> None:
 )
 def get_metrics():
     """Report the API's request, ETL and upstream metrics, and the rows each source has."""
+    require_metrics_access()
     if metrics_split():
         abort(503, message=NOT_SHARED_MESSAGE)
     try:
