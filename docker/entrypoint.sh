@@ -1,13 +1,20 @@
 #!/bin/sh
-# Start one role of Kasparro: apply migrations, then run the role.
+# Start one role of Kasparro: apply migrations (the roles that use the database), then run it.
 #   api     gunicorn on 0.0.0.0:$PORT, after queueing an initial ETL pass in the background;
-#           Prometheus metrics at /metrics
+#           Prometheus metrics at /metrics (METRICS_TOKEN, METRICS_ALLOWED_NETWORKS restrict them)
 #   worker  a Celery worker, node worker@<host name> (what the compose health check pings);
 #           Prometheus metrics on 0.0.0.0:$WORKER_METRICS_PORT
-#   beat    the Celery beat scheduler (run exactly one)
-#   flower  Celery's monitor, behind basic auth (FLOWER_BASIC_AUTH=user:password)
+#   beat    the Celery beat scheduler (run exactly one); it only sends tasks: no database
+#   flower  Celery's monitor, behind basic auth (FLOWER_BASIC_AUTH=user:password); no database
 #   any other command is run as given, after migrations (e.g. flask --app wsgi etl status)
 set -eu
+
+# Compose passes each setting .env leaves out as a blank variable. Blank means the default, for
+# the app as for this script, but not for every tool: gunicorn reads WEB_CONCURRENCY as a number
+# when it is set at all. So blank variables are unset first.
+for name in $(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=$/\1/p'); do
+  unset "$name"
+done
 
 role="${1:-api}"
 [ "$#" -gt 0 ] && shift
@@ -35,7 +42,11 @@ share_metrics() {
   export PROMETHEUS_MULTIPROC_DIR
 }
 
-migrate
+# Beat and Flower talk to the broker only: compose gives them no database URL.
+case "$role" in
+  beat | flower) ;;
+  *) migrate ;;
+esac
 case "$role" in
   api)
     share_metrics

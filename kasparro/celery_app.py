@@ -4,13 +4,20 @@ import time
 import weakref
 
 import click
+import structlog
 from celery import Celery, Task, bootsteps
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import setup_logging, worker_process_shutdown
 from flask import Flask
-from prometheus_client import start_http_server
 
-from kasparro.metrics import forget_process, process_registry
+from kasparro.metrics import (
+    NOT_SHARED_MESSAGE,
+    forget_process,
+    serve_worker_metrics,
+    split_between_processes,
+)
 
+log = structlog.get_logger(__name__)
 BROKER_ANSWER_SECONDS = 1.0
 # When each Celery app's broker last answered a ping (time.monotonic(), taken before the ping).
 _answered_at: weakref.WeakKeyDictionary[Celery, float] = weakref.WeakKeyDictionary()
@@ -71,7 +78,10 @@ class MetricsServer(bootsteps.StartStopStep):
 
     def start(self, parent) -> None:
         """Listen on every interface: Prometheus scrapes the worker from another container."""
-        self.server, _ = start_http_server(self.port, registry=process_registry())
+        pool_processes = issubclass(parent.pool_cls, PreforkPool)  # tasks run in child processes
+        if split_between_processes(pool_processes):
+            log.warning("metrics.not_shared", port=self.port, message=NOT_SHARED_MESSAGE)
+        self.server = serve_worker_metrics(self.port, pool_processes)
 
     def stop(self, parent) -> None:
         """Stop listening."""

@@ -20,6 +20,7 @@ from kasparro.setting import (
     Setting,
     ValueOf,
     at_least,
+    network_list,
     number,
     one_of,
     project_path,
@@ -183,6 +184,20 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "FORWARDED_ALLOW_IPS",
         "127.0.0.1,::1",
         "peers trusted as proxies (addresses or networks, `*` for any); gunicorn reads it too",
+    ),
+    Setting(
+        "METRICS_TOKEN",
+        "",
+        "bearer token `GET /metrics` asks for (Prometheus sends it: `authorization` in its scrape "
+        "config); empty: none is asked",
+        secret=True,
+    ),
+    Setting(
+        "METRICS_ALLOWED_NETWORKS",
+        "",
+        "clients `GET /metrics` answers: addresses or networks, comma-separated, judged on the "
+        "client address `PROXY_FIX_X_FOR` finds; empty: any",
+        network_list,
     ),
     Setting(
         "RESPONSE_CACHE_ENTRIES",

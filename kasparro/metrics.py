@@ -6,14 +6,19 @@ methods, statuses, sources, outcomes; never a run, asset or request id.
 With ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client keeps each process's values in files
 there and the exposition merges every file: what each gunicorn worker or Celery pool process
 counted, including processes that have exited. The variable must be set before prometheus-client
-is first imported (docker/entrypoint.sh exports it); without it, a process serves its own values.
+is first imported (docker/entrypoint.sh and ``make run`` export it); without it, a process serves
+its own values. Where several processes answer for one endpoint without it (``gunicorn -w 2``, a
+prefork Celery worker), each would serve a part: the endpoint answers 503 instead, saying why.
 """
 
 import functools
+import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import sqlalchemy as sa
 from prometheus_client import (
@@ -25,7 +30,11 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    ThreadingWSGIServer,
+    start_http_server,
+)
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -42,6 +51,13 @@ SHARED_VALUES = values.ValueClass is not values.MutexValue
 # exposition has none: both modes serve the same series.
 disable_created_metrics()
 
+# Why a server of several processes serves no metrics when they share no directory.
+NOT_SHARED_MESSAGE = (
+    "metrics are not served: this server runs several processes and PROMETHEUS_MULTIPROC_DIR"
+    " was not set when it started, so each process would answer with its own counts only."
+    " Start it with PROMETHEUS_MULTIPROC_DIR set to an empty directory of its own"
+    " (docker/entrypoint.sh and make run do), or with a single process"
+)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ENDPOINT = "unmatched"
 ROW_OUTCOMES = ("read", "inserted", "updated", "unchanged", "rejected")
@@ -236,6 +252,43 @@ def exposition(facts: DatabaseFacts | None = None) -> bytes:
         database.register(_DatabaseFacts(facts))
         text += generate_latest(database)
     return text
+
+
+def split_between_processes(several_processes: bool) -> bool:
+    """Return whether a server of ``several_processes`` would serve each one's values apart."""
+    return several_processes and not SHARED_VALUES
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # Prometheus asks every few seconds: no line each
+        pass
+
+
+def _refuse_split_metrics(environ, start_response):
+    body = json.dumps(
+        {"code": 503, "status": "Service Unavailable", "message": NOT_SHARED_MESSAGE}
+    ).encode()
+    start_response(
+        "503 Service Unavailable",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+def serve_worker_metrics(port: int, pool_processes: bool) -> WSGIServer:
+    """Serve the metrics on ``port`` from a thread; pool_processes: tasks run in other processes.
+
+    Those processes' values reach this one only through the shared directory: without it, every
+    scrape answers 503 with the reason, rather than a worker that seems never to run anything.
+    """
+    if not split_between_processes(pool_processes):
+        server, _ = start_http_server(port, registry=process_registry())
+        return server
+    server = make_server(
+        "", port, _refuse_split_metrics, ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 def forget_process(pid: int) -> None:

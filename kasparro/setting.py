@@ -4,8 +4,10 @@
 settings with these types, so this module imports nothing of the project.
 """
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from sqlalchemy.engine import make_url
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 ValueOf = Callable[[str], Any]
+Networks = tuple[IPv4Network | IPv6Network, ...]
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,24 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return max(minimum, whole_number(raw))
 
     return parse
+
+
+@functools.lru_cache(maxsize=8)
+def allowed_networks(listed: str) -> Networks:
+    """Parse a comma-separated list of addresses and networks (``10.0.0.0/8``, ``fd00::1``)."""
+    networks = []
+    for entry in filter(None, (part.strip() for part in listed.split(","))):
+        try:
+            networks.append(ip_network(entry))  # strict: 10.0.0.1/8 is a typo, not a network
+        except ValueError:
+            raise ValueError(f"must list addresses or networks ({entry!r} is neither)") from None
+    return tuple(networks)
+
+
+def network_list(raw: str) -> str:
+    """Check ``raw`` lists addresses or networks, and keep it as written (a setting's parser)."""
+    allowed_networks(raw)
+    return raw
 
 
 def url_password(url: str) -> list[str]:

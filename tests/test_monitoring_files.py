@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "kasparro.json"
+METRICS_TOKEN_FILE = "/run/secrets/metrics_token"  # where compose mounts the API's METRICS_TOKEN
 
 # Every metric Kasparro exposes, by type: the contract between kasparro/metrics.py and the
 # dashboard, kept here alone so that it can be compared with what /metrics serves.
@@ -100,8 +101,16 @@ def compose_services() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 
 
-def test_promtool_accepts_the_scrape_configuration():
-    result = promtool("check", "config", str(PROMETHEUS_CONFIG))
+def test_promtool_accepts_the_scrape_configuration(tmp_path):
+    # The token file is a compose secret, there only in the container: a stand-in takes its place.
+    written = PROMETHEUS_CONFIG.read_text()
+    assert METRICS_TOKEN_FILE in written
+    token = tmp_path / "metrics_token"
+    token.write_text("stand-in-token\n")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(written.replace(METRICS_TOKEN_FILE, str(token)))
+
+    result = promtool("check", "config", str(config))
 
     assert result.returncode == 0, result.stdout + result.stderr
 

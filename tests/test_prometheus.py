@@ -3,17 +3,21 @@
 The roles start through docker/entrypoint.sh on PostgreSQL and Redis, as in a container. A run
 is queued over HTTP, executed by the worker, and then PromQL answers with the database's numbers:
 the rows each source has (read by the API at scrape time) and the rows the worker inserted
-(counted in its pool process, served by its main process).
+(counted in its pool process, served by its main process). The scrape configuration is the
+compose stack's own: the API answers only the job that sends its METRICS_TOKEN.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 import sqlalchemy as sa
+import yaml
 
 from tests.conftest import ADMIN_TOKEN
 from tests.processes import (
+    ROOT,
     ManagedProcess,
     answers,
     entrypoint_roles,
@@ -24,16 +28,29 @@ from tests.processes import (
 
 SOURCES = ("csv1", "csv2", "coingecko_api")
 PROMETHEUS = "/usr/bin/prometheus"
-PROMETHEUS_CONFIG = """\
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: api
-    static_configs: [{{targets: ["127.0.0.1:{api}"]}}]
-  - job_name: worker
-    static_configs: [{{targets: ["127.0.0.1:{worker}"]}}]
-"""
+DEPLOYED_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+METRICS_TOKEN = "metrics-token-test-5a6b7c8d"
+
+
+def scrape_config(api_port: int, worker_port: int, token_file: Path) -> str:
+    """Return the compose stack's scrape configuration, aimed at local ports, scraping each second.
+
+    The jobs are the repository's own, authorization included, with two changes: static targets
+    instead of Docker's DNS, and the token file where this test wrote it. One job more scrapes
+    the API as anyone would, without the token.
+    """
+    config = yaml.safe_load(DEPLOYED_CONFIG.read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s")
+    ports = {"kasparro-api": api_port, "kasparro-worker": worker_port}
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] in ports]
+    for job in jobs:
+        del job["dns_sd_configs"]
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token_file)
+    anyone = {"job_name": "anyone", "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}
+    config["scrape_configs"] = [*jobs, anyone]
+    return yaml.safe_dump(config)
 
 
 @pytest.fixture
@@ -45,12 +62,12 @@ def roles(tmp_path):
 
 @pytest.fixture
 def prometheus(tmp_path):
-    """Return a function that starts Prometheus scraping the given API and worker ports."""
+    """Return a function that starts Prometheus with a scrape configuration's text."""
     started: list[ManagedProcess] = []
 
-    def start(api_port: int, worker_port: int) -> str:
+    def start(scrape_configuration: str) -> str:
         config = tmp_path / "prometheus.yml"
-        config.write_text(PROMETHEUS_CONFIG.format(api=api_port, worker=worker_port))
+        config.write_text(scrape_configuration)
         base = f"http://127.0.0.1:{free_port()}"
         argv = [
             PROMETHEUS,
@@ -117,7 +134,10 @@ def finished_runs(database_url: str) -> dict[str, tuple[str, int]] | None:
 def test_prometheus_scrapes_the_api_and_the_worker_and_promql_gives_the_database_numbers(
     roles, prometheus, broker_env, tmp_path
 ):
+    """The API asks for METRICS_TOKEN, which the repository's scrape configuration sends."""
     api_port, worker_port = free_port(), free_port()
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text(METRICS_TOKEN + "\n")  # as an editor saves it
     stale = tmp_path / "metrics" / "api" / "counter_999999.db"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left by an earlier start")
@@ -129,11 +149,12 @@ def test_prometheus_scrapes_the_api_and_the_worker_and_promql_gives_the_database
         "WORKER_CONCURRENCY": "1",
         "WORKER_METRICS_PORT": str(worker_port),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "METRICS_TOKEN": METRICS_TOKEN,
     }
     api = f"http://127.0.0.1:{api_port}"
     roles("api", env, lambda log: answers(f"{api}/health"))
     roles("worker", env, worker_ready)
-    prometheus_url = prometheus(api_port, worker_port)
+    prometheus_url = prometheus(scrape_config(api_port, worker_port, token_file))
     assert not stale.exists()  # the role's directory was emptied when it started
 
     queued = requests.post(
@@ -151,14 +172,27 @@ def test_prometheus_scrapes_the_api_and_the_worker_and_promql_gives_the_database
     for source in SOURCES:
         status, inserted = runs[source]
         assert inserted == stored[source]  # the first run of each source inserted all it has
-        rows = f'kasparro_unified_records{{job="api",source="{source}"}}'
+        rows = f'kasparro_unified_records{{job="kasparro-api",source="{source}"}}'
         comes_to(prometheus_url, rows, stored[source])
-        labels = f'job="worker",source="{source}"'
+        labels = f'job="kasparro-worker",source="{source}"'
         comes_to(
             prometheus_url, f'kasparro_etl_rows_total{{{labels},outcome="inserted"}}', inserted
         )
         comes_to(prometheus_url, f'kasparro_etl_runs_total{{{labels},status="{status}"}}', 1)
-    assert single_value(prometheus_url, 'up{job="worker"}') == 1
+    assert single_value(prometheus_url, 'up{job="kasparro-worker"}') == 1
+    assert single_value(prometheus_url, 'up{job="kasparro-api"}') == 1
+    # The same API refuses a scrape without the token: Prometheus sees the target down.
+    comes_to(prometheus_url, 'up{job="anyone"}', 0)
+    assert "401" in target_error(prometheus_url, "anyone")
+    refused = requests.get(f"{api}/metrics", timeout=5)
+    assert (refused.status_code, refused.json()["code"]) == (401, 401)
+
+
+def target_error(prometheus_url: str, job: str) -> str:
+    """Return the last scrape error Prometheus reports for ``job``'s target."""
+    targets = requests.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()["data"]
+    [target] = [t for t in targets["activeTargets"] if t["labels"]["job"] == job]
+    return target["lastError"]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Invariant 7: the API key, the admin token and the database password never leave the process.
+"""Invariant 7: the API key, the admin and metrics tokens and the database password stay inside.
 
 One test runs every source and every endpoint, on the success and the failure paths, with
 recognisable secrets, and then searches everything a user or an operator could see for them:
@@ -24,7 +24,9 @@ TOKEN_SUFFIX = uuid.uuid4().hex[:12]
 API_KEY = f"CG-KEY-SECRET-{TOKEN_SUFFIX}"
 ADMIN_TOKEN = f"ADMIN-TOKEN-SECRET-{TOKEN_SUFFIX}"
 DB_PASSWORD = f"DB-PASSWORD-SECRET-{TOKEN_SUFFIX}"
-SECRETS = {"API key": API_KEY, "admin token": ADMIN_TOKEN, "database password": DB_PASSWORD}
+METRICS_TOKEN = f"METRICS-TOKEN-SECRET-{TOKEN_SUFFIX}"
+SECRETS = {"API key": API_KEY, "admin token": ADMIN_TOKEN, "database password": DB_PASSWORD,
+           "metrics token": METRICS_TOKEN}  # fmt: skip
 FORBIDDEN_IN_ERRORS = ("SELECT", "INSERT", "UPDATE ", "Traceback", 'File "')
 SOURCES = ("coingecko_api", "csv1", "csv2")
 
@@ -59,12 +61,13 @@ def database_url_for(role: str, base_url: str, port: int | None = None) -> str:
 
 
 def app_config(database_uri: str, api_url: str, csv_paths) -> dict:
-    """Return the configuration of an app that knows all three secrets, logging at DEBUG."""
+    """Return the configuration of an app that knows all four secrets, logging at DEBUG."""
     return {
         "SQLALCHEMY_DATABASE_URI": database_uri,
         "API_SOURCE_URL": api_url,
         "API_KEY": API_KEY,
         "ETL_ADMIN_TOKEN": ADMIN_TOKEN,
+        "METRICS_TOKEN": METRICS_TOKEN,
         "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "json",
         **FAST_UPSTREAM,
@@ -189,6 +192,13 @@ def exercise_the_api(exposure: Exposure, app, coingecko) -> None:
         call(client, "GET", url, status)
     call(client, "DELETE", "/data", 405)
     call(client, "GET", "/etl/run", 405)
+
+    # Metrics, behind their own token: the right one, none, and wrong ones.
+    call(client, "GET", "/metrics", 200, headers=admin(METRICS_TOKEN))
+    call(client, "GET", "/metrics", 401)
+    call(client, "GET", "/metrics", 401, headers=admin(METRICS_TOKEN, scheme="Token"))
+    call(client, "GET", "/metrics", 403, headers=admin(ADMIN_TOKEN))
+    call(client, "GET", "/metrics", 403, headers=admin(METRICS_TOKEN + "x"))
 
 
 def exercise_the_cli(exposure: Exposure, app) -> None:
