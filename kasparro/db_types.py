@@ -48,8 +48,26 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
+def canonical_text(value: Decimal) -> str:
+    """Return the one text of ``value``: no exponent, no zero ending a fraction, no ``-0``.
+
+    ``1740000000000``, not ``1.74E+12`` or ``1740000000000.00``; ``0.1``, not ``0.10``; ``100``,
+    not ``100.`` or ``1E+2``. A Decimal built from this text writes it back with ``format(d,
+    "f")``, which is how SQLite stores an exact decimal (``ExactDecimal``); PostgreSQL's NUMERIC
+    keeps the same digits and scale.
+    """
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
 class ExactDecimal(TypeDecorator):
-    """An exact decimal: NUMERIC on PostgreSQL, text on SQLite (whose NUMERIC rounds to float)."""
+    """An exact decimal: NUMERIC on PostgreSQL, text on SQLite (whose NUMERIC rounds to float).
+
+    Every value is bound in its canonical text, whoever writes it, so both engines hold one
+    number as one text and compare restatements in another notation as equal.
+    """
 
     impl = sa.Numeric()
     cache_ok = True
@@ -62,7 +80,8 @@ class ExactDecimal(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
-        return format(Decimal(value), "f") if dialect.name == "sqlite" else Decimal(value)
+        text = canonical_text(Decimal(value))
+        return text if dialect.name == "sqlite" else Decimal(text)
 
     def process_result_value(self, value, dialect):
         return None if value is None else Decimal(value)

@@ -4,6 +4,8 @@ import re
 from datetime import UTC, date, datetime, time
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 
+from kasparro.db_types import canonical_text
+
 MAX_DIGITS_BEFORE_POINT = 30
 MAX_DIGITS_AFTER_POINT = 40  # PostgreSQL's NUMERIC takes more; the same limit on both engines
 
@@ -65,20 +67,6 @@ def parse_amount(raw: object) -> Decimal:
             f"amount has {decimals} digits after the point; the limit is {MAX_DIGITS_AFTER_POINT}"
         )
     return Decimal(canonical_text(value))
-
-
-def canonical_text(value: Decimal) -> str:
-    """Return the one text of ``value``: no exponent, no zero ending a fraction, no ``-0``.
-
-    ``1740000000000``, not ``1.74E+12`` or ``1740000000000.00``; ``0.1``, not ``0.10``; ``100``,
-    not ``100.`` or ``1E+2``. A Decimal built from this text writes it back with ``format(d,
-    "f")``, which is how SQLite stores an exact decimal (``db_types.ExactDecimal``); PostgreSQL's
-    NUMERIC keeps the same digits and scale.
-    """
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
 
 
 def _decimals(value: Decimal) -> int:
