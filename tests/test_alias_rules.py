@@ -169,3 +169,34 @@ def test_an_alias_added_while_a_run_loads_resolves_the_runs_later_batches(
     ).all()
     assert assets == ["bitcoin"] * 6
     assert_exact()
+
+
+@pytest.mark.parametrize(
+    ("kind", "text"), [("name", "Mystery"), ("symbol", "ALP")], ids=["name", "symbol"]
+)
+def test_a_back_fill_moves_no_row_that_resolved_without_the_alias(
+    coingecko, csv_paths, run_etl, kind, text
+):
+    coingecko.coins = COINS
+    # csv1 names its coin by id: delta, ticker ALP, whatever the name. csv2 gives the same name
+    # and ticker, which no asset settles: ALP is two coins', and no asset is called Mystery.
+    write(csv_paths["CSV1_PATH"], "delta,Mystery,3,2025-12-28T00:00:00Z\n", mode="a")
+    write(csv_paths["CSV2_PATH"], "m-1,Mystery (ALP),1M,2025-12-28T00:00:00Z\n", mode="a")
+    run_etl("coingecko_api", "csv1", "csv2")
+    mystery = sa.select(UnifiedRecord.source, UnifiedRecord.asset_id, UnifiedRecord.symbol).where(
+        UnifiedRecord.name == "Mystery"
+    )
+    assert sorted(db.session.execute(mystery).all()) == [
+        ("csv1", "delta", "ALP"),
+        ("csv2", None, "ALP"),
+    ]
+
+    added = add_alias(db.session, "alpha-one", kind, text)
+
+    assert added.resolved == 1
+    db.session.expire_all()
+    assert sorted(db.session.execute(mystery).all()) == [
+        ("csv1", "delta", "ALP"),  # resolved by its id, it keeps its asset
+        ("csv2", "alpha-one", "ALP"),
+    ]
+    assert_exact()

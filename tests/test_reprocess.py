@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from kasparro.etl.load import insert_raw
 from kasparro.etl.parsing import InvalidValue, parse_timestamp
 from kasparro.etl.runs import fail_run, start_run
-from kasparro.etl.sources import csv_feed
+from kasparro.etl.sources import csv_feed, get_source
 from kasparro.extensions import db
 from kasparro.models import (
     AssetAlias,
@@ -288,3 +289,42 @@ def test_a_line_corrected_in_a_later_reading_of_the_file_keeps_its_correction(
         )
     )
     assert str(bitcoin) == "87400"  # in its canonical text
+
+
+@pytest.mark.parametrize(
+    ("source", "lines"),
+    [
+        ("csv1", ["past-1,Past Coin,1.5,2025-12-29", "past-2,Past Coin,2.5,2025-12-30"]),
+        (
+            "csv2",
+            ["past-1,Past Coin (PST),1.5M,2025-12-29", "past-2,Past Coin (PST),2M,12/30/2025"],
+        ),
+    ],
+)
+def test_raw_rows_past_the_checkpoint_are_left_to_the_next_run(
+    app, runner, csv_paths, run_etl, source, lines
+):
+    run_etl(source)
+    before = checkpoint(source)
+    append(csv_paths[get_source(source, app.config).path_setting], *lines)
+    # Stored past the checkpoint, not loaded: as a run that stopped between the two stages.
+    run_id = start_run(db.session, source, "cli", app.config)
+    reader = get_source(source, app.config)
+    stored = list(reader.read(db.session, db.session.get(Checkpoint, source)))
+    insert_raw(db.session, reader.raw_model, stored, run_id)
+    db.session.commit()
+    fail_run(db.session, run_id, RuntimeError("stopped before loading"))
+    assert len(stored) == len(lines)
+
+    done = reprocess(runner, "--source", source)
+
+    assert done.exit_code == 0, done.output
+    assert checkpoint(source) == before
+    past = sa.select(UnifiedRecord.external_id).where(
+        UnifiedRecord.source == source, UnifiedRecord.external_id.like("past-%")
+    )
+    assert db.session.scalars(past).all() == []
+    covered = sa.select(sa.func.count()).where(reader.raw_model.id <= before[1])
+    assert newest_run().rows_read == db.session.scalar(covered)  # and no other raw row
+    run_etl(source)  # the next run loads them
+    assert sorted(db.session.scalars(past)) == ["past-1", "past-2"]

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.load import insert_many
+from kasparro.etl.load import insert_for, insert_many
 from kasparro.etl.sources.base import KnownAsset, Observation
 from kasparro.etl.versions import record_change
 from kasparro.models import Asset, AssetAlias, DataVersion, UnifiedRecord, UnifiedTotal
@@ -37,12 +37,31 @@ def alias_too_long(text: str) -> str | None:
     return None
 
 
-def aliases_version(session: Session) -> int:
-    """Return the counter every alias commit moves (0 before the first): one primary-key read."""
-    version = session.scalar(
-        sa.select(DataVersion.version).where(DataVersion.scope == ALIASES_SCOPE)
+def hold_aliases(session: Session, exclusive: bool = False) -> int:
+    """Hold the aliases' counter until this transaction ends; return it (0 before any alias).
+
+    It orders what a batch resolves against what an alias back-fills. A batch holds the row
+    shared from its view of the aliases to its commit; ``add_alias`` holds it exclusively from
+    its first read to its commit. So an alias commits before a batch looks, and the batch sees
+    it, or waits for the batch to commit, and its back-fill sees the batch's rows. Batches do
+    not wait for one another. SQLite has one writer at a time: the no-op insert begins this
+    transaction's write, and every other writer waits for its commit.
+    """
+    held = sa.select(DataVersion.version).where(DataVersion.scope == ALIASES_SCOPE)
+    there = (
+        insert_for(session)(DataVersion)
+        .values(scope=ALIASES_SCOPE, version=0)
+        .on_conflict_do_nothing(index_elements=["scope"])
     )
-    return version or 0
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(there)
+        return session.scalar(held)
+    held = held.with_for_update(read=not exclusive)
+    version = session.scalar(held)
+    if version is None:  # no alias yet: the row to hold is made, or waited for, first
+        session.execute(there)
+        version = session.scalar(held)
+    return version
 
 
 class AssetResolver:
@@ -193,8 +212,9 @@ def seeded_resolver(session: Session, seed_path: str | Path) -> AssetResolver:
 class CurrentResolver:
     """A run's resolver: seeded on first use, rebuilt whenever an alias has been added since.
 
-    Asking costs one primary-key read (the aliases' data version): an alias added while a run
-    loads counts from its next batch on.
+    Asking costs one primary-key read, which holds the aliases' counter until the batch commits
+    (``hold_aliases``): an alias added while a run loads resolves the batches that asked before
+    it through its back-fill, and the later ones through this resolver.
     """
 
     def __init__(self, seed_path: str | Path):
@@ -203,8 +223,8 @@ class CurrentResolver:
         self._aliases = 0  # the version of the aliases the resolver knows
 
     def get(self, session: Session) -> AssetResolver:
-        """Return a resolver that knows every asset and alias committed so far."""
-        aliases = aliases_version(session)
+        """Return a resolver that knows every alias, held unchanged until the batch commits."""
+        aliases = hold_aliases(session)
         if self._resolver is None:
             self._resolver = seeded_resolver(session, self.seed_path)
         elif aliases != self._aliases:
@@ -240,8 +260,8 @@ def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdd
     Refused (AliasConflict) when the name or symbol is another asset's alias, or is one other
     asset's own name or symbol. An alias only decides for observations that resolve to no single
     asset without it (see AssetResolver), so it never re-routes a coin. Adding an alias that
-    exists already changes nothing but resolves again what it matches (rows a run loaded
-    meanwhile with an older view of the aliases, say).
+    exists already changes nothing but resolves again what it matches (rows restored from a
+    backup, say). Batches that load meanwhile are ordered against it (see hold_aliases).
     """
     if kind not in ALIAS_KINDS:
         raise ValueError(f"an alias is a name or a symbol, not {kind!r}")
@@ -250,6 +270,17 @@ def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdd
         raise ValueError(f"the {kind} is empty")
     if too_long := alias_too_long(text):
         raise ValueError(f"the {kind} is {too_long}")
+    hold_aliases(session, exclusive=True)  # until the commit: see hold_aliases
+    try:
+        added = _store_and_back_fill(session, asset_id, kind, key)
+    except Exception:
+        session.rollback()  # and let the batches waiting for the aliases go on
+        raise
+    session.commit()
+    return added
+
+
+def _store_and_back_fill(session: Session, asset_id: str, kind: str, key: str) -> AliasAdded:
     if session.get(Asset, asset_id) is None:
         raise UnknownAsset(f"no asset has the id {asset_id!r}")
     resolver = AssetResolver.load(session)
@@ -263,7 +294,6 @@ def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdd
         try:
             session.flush()  # the unique (kind, alias) refuses one added meanwhile
         except IntegrityError:
-            session.rollback()
             raise AliasConflict(f"the {kind} alias {key!r} was added meanwhile") from None
         resolver.add_alias(kind, key, asset_id)  # the newest alias: older ones keep their rows
         created = True
@@ -274,11 +304,9 @@ def add_alias(session: Session, asset_id: str, kind: str, text: str) -> AliasAdd
     resolved = back_fill(session, resolver, kind, key, asset_id)
     # Kept answers that show these rows are out of date; runs under way reload their resolver.
     record_change(session, ALIASES_SCOPE)
-    added = AliasAdded(
+    return AliasAdded(
         stored.id, kind, key, asset_id, stored.created_at, created=created, resolved=resolved
     )
-    session.commit()
-    return added
 
 
 def _refuse_a_resolving_alias(resolver: AssetResolver, kind: str, key: str, asset_id: str) -> None:

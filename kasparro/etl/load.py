@@ -11,11 +11,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.sources.base import RawRow
+from kasparro.etl.sources.base import SOURCES, RawRow, Source
 from kasparro.models import RawRecordMixin, RejectedRecord, UnifiedRecord
 
 UNIFIED_KEY = ("source", "external_id", "metric", "timestamp")
 UNIFIED_TRACKED = ("value", "asset_id", "symbol", "name", "currency")
+# The raw ids of a stored row and of the row that would replace it, as an upsert's WHERE names
+# them on both engines. By name: a subquery that uses a table column takes the table into its
+# own FROM, since an INSERT is nothing it can correlate with.
+STORED_RAW_ID = sa.literal_column("unified_records.raw_id", sa.BigInteger)
+INCOMING_RAW_ID = sa.literal_column("excluded.raw_id", sa.BigInteger)
 
 
 def insert_for(session: Session) -> Callable[..., Any]:
@@ -135,21 +140,26 @@ def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts
 
     Rows of the batch with the same key collapse first: the last one wins, as it would over a
     stored row, and the ones it supersedes count as updated. A stored row is rewritten only
-    when a tracked value differs, and RETURNING yields just the rows written. A returned
-    ``ingested_at`` equal to this batch's stamp means inserted: an update keeps the original.
+    when a tracked value differs and its source states the row anew (``Source.states_anew``),
+    and RETURNING yields just the rows written. The order is checked in the statement, on the
+    row as it is when locked, so a concurrent writer that committed a newer statement first is
+    not overwritten. A returned ``ingested_at`` equal to this batch's stamp means inserted: an
+    update keeps the original.
     """
     stamp = utcnow()
     latest = {tuple(row[col] for col in UNIFIED_KEY): {**row, "ingested_at": stamp} for row in rows}
     if not latest:
         return UpsertCounts()
     table = UnifiedRecord.__table__
+    sources = sorted({row["source"] for row in latest.values()})
 
     def upsert(insert):
         changed = (table.c[col].is_distinct_from(insert.excluded[col]) for col in UNIFIED_TRACKED)
+        stated_anew = _stated_anew(sources, STORED_RAW_ID, INCOMING_RAW_ID)
         return insert.on_conflict_do_update(
             index_elements=list(UNIFIED_KEY),
             set_={col: insert.excluded[col] for col in (*UNIFIED_TRACKED, "run_id", "raw_id")},
-            where=sa.or_(*changed),
+            where=sa.and_(sa.or_(*changed), stated_anew),
         ).returning(table.c.ingested_at)
 
     written = insert_many(session, UnifiedRecord, list(latest.values()), upsert).scalars().all()
@@ -160,6 +170,17 @@ def upsert_unified(session: Session, rows: list[dict[str, Any]]) -> UpsertCounts
         updated=len(written) - inserted + superseded,
         unchanged=len(latest) - len(written),
     )
+
+
+def _stated_anew(
+    sources: list[str], stored: sa.ColumnElement[int], incoming: sa.ColumnElement[int]
+) -> sa.ColumnElement[bool]:
+    """Return the statement order of each source of a batch, for its own rows."""
+    orders = {name: SOURCES.get(name, Source).states_anew(stored, incoming) for name in sources}
+    if len(orders) == 1:  # a run's or a reprocess's batch
+        return next(iter(orders.values()))
+    source = UnifiedRecord.__table__.c.source
+    return sa.and_(*(sa.or_(source != name, order) for name, order in orders.items()))
 
 
 def insert_rejections(session: Session, rows: list[dict[str, Any]]) -> int:

@@ -39,11 +39,10 @@ from kasparro.models import (
     RawRecordMixin,
     RejectedRecord,
     RunStatus,
-    UnifiedRecord,
 )
 
 log = structlog.get_logger(__name__)
-KEYS_PER_LOOKUP = 1000  # natural keys per stored-row lookup: 4 parameters each, within SQLite's
+KEYS_PER_LOOKUP = 1000  # rejections per UPDATE: 2 parameters each, within SQLite's limit
 
 
 def reprocess_source(
@@ -133,11 +132,14 @@ def _reprocess_batch(
     unified, rejections = transform_batch(
         session, source, run, raws, source.stored_report(raws), resolver
     )
-    latest, restated = _drop_restated(session, unified)
-    counts = upsert_unified(session, latest)
+    # A key that several raw rows state (a line read again in a later generation of its file,
+    # corrected) holds what the newest says: in the batch the last row of a key wins, and the
+    # upsert writes no stored row that a later raw row made (Source.states_anew).
+    latest = {tuple(row[column] for column in UNIFIED_KEY): row for row in unified}
+    counts = upsert_unified(session, list(latest.values()))
     run.inserted += counts.inserted
     run.updated += counts.updated
-    run.unchanged += counts.unchanged + restated
+    run.unchanged += counts.unchanged + len(unified) - len(latest)
     # The unified rows first, then the rejections: their counts triggers lock per source, and
     # holding that lock while waiting for a unified row another writer holds could deadlock.
     still_rejected = {rejection["record_key"] for rejection in rejections}
@@ -178,28 +180,3 @@ def _restate_reasons(session: Session, run: EtlRun, rejections: list[dict[str, A
             .values(reason=reason, run_id=run.id, rejected_at=utcnow())
             .execution_options(synchronize_session=False)
         )
-
-
-def _drop_restated(
-    session: Session, rows: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], int]:
-    """Keep the observations no later raw row restates; return them and how many were dropped.
-
-    A key stated by several raw rows (a CSV line read again in a later generation of its file,
-    corrected) holds what the newest of them says. Going over the raw rows in id order again,
-    an older one must not write its value back: within the batch the last row of a key wins,
-    and a stored row written from a later raw row than this batch's stays as it is.
-    """
-    latest = {tuple(row[column] for column in UNIFIED_KEY): row for row in rows}
-    key_columns = [UnifiedRecord.__table__.c[column] for column in UNIFIED_KEY]
-    keys = list(latest)
-    for start in range(0, len(keys), KEYS_PER_LOOKUP):
-        stored = session.execute(
-            sa.select(*key_columns, UnifiedRecord.raw_id).where(
-                sa.tuple_(*key_columns).in_(keys[start : start + KEYS_PER_LOOKUP])
-            )
-        )
-        for *key, raw_id in stored:
-            if raw_id is not None and raw_id > latest[tuple(key)]["raw_id"]:
-                del latest[tuple(key)]
-    return list(latest.values()), len(rows) - len(latest)

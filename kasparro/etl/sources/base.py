@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kasparro.etl.drift import FieldMap
@@ -159,6 +160,19 @@ class Source(ABC):
     @abstractmethod
     def describe(self, raw: RawRecordMixin) -> tuple[str, str]:
         """Return where the record was (``line 7``) and its text, for a rejection."""
+
+    @classmethod
+    def states_anew(
+        cls, stored: sa.ColumnElement[int], incoming: sa.ColumnElement[int]
+    ) -> sa.ColumnElement[bool]:
+        """Return whether raw row ``incoming`` may replace the observation raw row ``stored`` made.
+
+        The order of a source's statements: it stores its raw rows in the order it states them,
+        so an observation stands until a raw row stored no earlier restates it. An older
+        statement that comes late (a reprocess going over older raw rows, a slower session)
+        never writes over a newer one. An unknown raw row (NULL) orders before any other.
+        """
+        return sa.or_(stored.is_(None), incoming >= stored)
 
     def prepare(self, session: Session, raws: list[RawRecordMixin]) -> None:
         """Load what turning ``raws`` into observations needs beyond the rows themselves."""

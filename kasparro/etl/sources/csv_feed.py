@@ -509,6 +509,35 @@ class CsvSource(Source):
         self._generations[number] = read
         return number
 
+    @classmethod
+    def states_anew(
+        cls, stored: sa.ColumnElement[int], incoming: sa.ColumnElement[int]
+    ) -> sa.ColumnElement[bool]:
+        """Return whether raw row ``incoming`` may replace the observation raw row ``stored`` made.
+
+        In raw row order, as any source; and a line read again in a later generation, with a
+        text that the stored observation's generation held above the stored line, states
+        nothing new: that line was superseded there by the stored one. So a file read again from
+        its top does not bring back, until its later line is read, a value that its later line
+        restates: the key keeps the later value throughout. An edited line states anew.
+        """
+        raw = cls.raw_model.__table__
+        was, now = raw.alias("stated_before"), raw.alias("stated_now")
+        held = raw.alias("stated_above")
+        repeated = (
+            sa.select(held.c.id)
+            .where(
+                was.c.id == stored,
+                now.c.id == incoming,
+                now.c.generation > was.c.generation,
+                held.c.content_hash == now.c.content_hash,
+                held.c.generation == was.c.generation,
+                held.c.line_no < was.c.line_no,
+            )
+            .exists()
+        )
+        return sa.and_(super().states_anew(stored, incoming), ~repeated)
+
     def prepare(self, session: Session, raws: list[RawCsvRecordMixin]) -> None:
         """Load the header and field map of every generation ``raws`` were read in."""
         wanted = {raw.generation for raw in raws} - set(self._generations)
