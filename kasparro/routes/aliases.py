@@ -84,6 +84,7 @@ class Aliases(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No asset has that id")
     @blp.alt_response(409, schema=ErrorSchema, description="The name or symbol means another asset")
     @blp.alt_response(413, schema=ErrorSchema, description="The body is over 64 KiB")
+    @blp.alt_response(415, schema=ErrorSchema, description="A body that is not JSON")
     @blp.alt_response(
         503,
         schema=ErrorSchema,
