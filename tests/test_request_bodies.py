@@ -134,3 +134,24 @@ def test_the_document_lists_415_on_both_post_routes(client):
 
     for path in ("/etl/run", "/assets/aliases"):
         assert "415" in paths[path]["post"]["responses"], path
+
+
+@pytest.mark.parametrize(
+    ("path", "disabled"),
+    [
+        ("/etl/run", "run control over HTTP is disabled"),
+        ("/assets/aliases", "corrections over HTTP are disabled"),
+    ],
+)
+@pytest.mark.parametrize("body", ["", ALIAS_BODY, "sources=csv2"])
+def test_without_an_admin_token_each_post_route_says_what_is_disabled(
+    app, client, path, disabled, body
+):
+    app.config["ETL_ADMIN_TOKEN"] = ""
+
+    response = post(client, path, body, "application/json")
+
+    assert response.status_code == 503
+    message = response.get_json()["message"]
+    assert message == f"{disabled}: ETL_ADMIN_TOKEN is not set", message
+    assert runs() == [] and aliases() == 0
