@@ -136,11 +136,14 @@ def register_blueprints(app: Flask) -> None:
         runs,
         stats,
     )
+    from kasparro.routes.documented_errors import document_errors
 
     modules = (data, health, stats, runs, etl, analysis, assets, aliases, metrics, dashboard)
+    public = (data, stats, runs, etl, analysis, assets, aliases, dashboard)
+    # Before the blueprints: each operation is documented as its blueprint is registered.
+    document_errors(api.spec, rate_limited=[module.blp.name for module in public])
     for module in modules:
         api.register_blueprint(module.blp)
-    public = (data, stats, runs, etl, analysis, assets, aliases, dashboard)
     init_limiter(app, [module.blp for module in public])
 
 

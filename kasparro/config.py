@@ -144,7 +144,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ETL_ADMIN_TOKEN",
         "",
-        "bearer token of `POST /etl/run`; empty disables it",
+        "bearer token of `POST /etl/run` and `POST /assets/aliases`; empty disables both",
         secret=True,
     ),
     Setting(

@@ -1,7 +1,8 @@
 """Extension objects, created unbound and bound to the app in create_app.
 
 Also the one way request bodies are decoded: the app's JSON provider, which webargs' parser uses
-too, so that no body, however deep or long its numbers, ends as a 500.
+too, so that no body, however deep or long its numbers, ends as a 500; and a body that is not
+JSON is refused, never read as "no body".
 """
 
 import json
@@ -13,7 +14,7 @@ from flask_caching import Cache
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
-from flask_smorest import Api
+from flask_smorest import Api, abort
 from flask_sqlalchemy import SQLAlchemy
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
@@ -41,13 +42,23 @@ class BodyJSONProvider(DefaultJSONProvider):
             raise json.JSONDecodeError(f"unreadable JSON: {reason}", doc, 0) from None
 
 
+NOT_JSON = "the body must be JSON, sent with Content-Type: application/json"
+
+
 class AppJSONParser(FlaskParser):
-    """webargs' Flask parser, decoding JSON bodies with the app's provider instead of ``json``."""
+    """webargs' Flask parser: JSON bodies decoded by the app's provider, other bodies refused.
+
+    webargs reads a body of another type as no body at all, so a form (``curl -d`` without a
+    header) meant the defaults: every source run. Only an empty body may mean that; any other
+    gets 415.
+    """
 
     def _raw_load_json(self, req) -> Any:
-        if not is_json_request(req):
-            return core.missing
-        return current_app.json.loads(req.get_data(cache=True))
+        if is_json_request(req):
+            return current_app.json.loads(req.get_data(cache=True))
+        if req.content_length or req.get_data(cache=True):
+            abort(415, message=NOT_JSON)
+        return core.missing
 
 
 db = SQLAlchemy(model_class=Base)

@@ -39,8 +39,8 @@ CHECKS = [
     negative_data_rejection,
     missing_required_header,
 ]
-# Invalid input may also be refused as too long a query string (414).
-REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "414", "415", "422", "428", "429"]
+# Invalid input may also be refused by the request limits (414, 431).
+REJECTIONS = "400 401 403 404 405 406 409 414 415 422 428 429 431".split()
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # The embedded mode whatever the environment says: tasks in-process, no Redis, no request limit.
 EMBEDDED = {

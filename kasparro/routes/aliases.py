@@ -1,9 +1,11 @@
 """What did not resolve, and the aliases an operator adds to resolve it."""
 
+import functools
 import math
 
+from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.etl.assets import (
@@ -18,7 +20,6 @@ from kasparro.routes.errors import abort_naming
 from kasparro.routes.etl import admin_only
 from kasparro.routes.response_cache import kept_response
 from kasparro.schemas import (
-    RETRY_AFTER,
     AliasAddedSchema,
     AliasListSchema,
     AliasQuerySchema,
@@ -35,11 +36,22 @@ UNRESOLVED_PAGE = UnresolvedPageSchema()
 ALIAS_LIST = AliasListSchema()
 
 
+def corrections_admin_only(view):
+    """Check the admin token before ``view``, saying what is disabled when none is set."""
+    guarded = admin_only(view)
+
+    @functools.wraps(view)
+    def checked(*args, **kwargs):
+        if not current_app.config["ETL_ADMIN_TOKEN"]:
+            abort(503, message="corrections over HTTP are disabled: ETL_ADMIN_TOKEN is not set")
+        return guarded(*args, **kwargs)
+
+    return checked
+
+
 @blp.route("/assets/unresolved")
 @blp.arguments(UnresolvedQuerySchema(), location="query")
 @blp.response(200, UnresolvedPageSchema)
-@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
-@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_unresolved(args):
     """List the observations that did not resolve, by source, name and symbol, most first."""
@@ -67,14 +79,12 @@ class Aliases(MethodView):
 
     @blp.arguments(AliasQuerySchema(), location="query")
     @blp.response(200, AliasListSchema)
-    @blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
-    @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
     @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
     def get(self, args):
         """List the aliases, oldest first."""
         return kept_response(lambda: ALIAS_LIST.dump(_aliases(args)))
 
-    @admin_only  # outside the body parsing: a caller without the token learns nothing of it
+    @corrections_admin_only  # outside the body parsing: without the token, nothing of it is told
     @blp.arguments(AliasRequestSchema)
     @blp.response(201, AliasAddedSchema, description="The alias was added")
     @blp.alt_response(200, schema=AliasAddedSchema, description="The same alias was there")
@@ -84,6 +94,7 @@ class Aliases(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No asset has that id")
     @blp.alt_response(409, schema=ErrorSchema, description="The name or symbol means another asset")
     @blp.alt_response(413, schema=ErrorSchema, description="The body is over 64 KiB")
+    @blp.alt_response(415, schema=ErrorSchema, description="A body that is not JSON")
     @blp.alt_response(
         503,
         schema=ErrorSchema,

@@ -54,6 +54,7 @@ def admin_only(view):
 @blp.alt_response(403, schema=ErrorSchema, description="Wrong bearer token")
 @blp.alt_response(409, schema=EtlRunResponseSchema, description="Every source is already running")
 @blp.alt_response(413, schema=ErrorSchema, description="The body is over 64 KiB")
+@blp.alt_response(415, schema=ErrorSchema, description="A body that is not JSON")
 @blp.alt_response(
     503,
     schema=ErrorSchema,

@@ -1,4 +1,4 @@
-"""Each request gets an id, an access-log line and metrics; an over-long query string is refused."""
+"""Each request gets an id, an access-log line and metrics; one past a request limit is refused."""
 
 import re
 import time
@@ -9,13 +9,13 @@ from flask import Flask, g, request
 
 from kasparro.metrics import RequestMetrics
 from kasparro.routes.errors import error_body
+from kasparro.routes.request_limits import limit_refusal
 
-MAX_QUERY_STRING = 2048
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
 def init_request_log(app: Flask) -> None:
-    """Attach the request-id, query-string bound, access-log and metrics hooks to ``app``."""
+    """Attach the request-id, request-limit, access-log and metrics hooks to ``app``."""
     # Bound once, with the logging ``app`` configured: a logger got anew for every line cost
     # a fifth of the line.
     log = structlog.get_logger(__name__).bind()
@@ -29,14 +29,8 @@ def init_request_log(app: Flask) -> None:
         g.request_started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
-        query = request.query_string
-        if len(query) > MAX_QUERY_STRING:
-            return error_body(414, f"the query string is longer than {MAX_QUERY_STRING} bytes")
-        try:
-            query.decode("utf-8")
-        except UnicodeDecodeError as exc:  # Werkzeug would fail reading the arguments
-            return error_body(400, f"the query string is not valid UTF-8 at byte {exc.start}")
-        return None
+        refused = limit_refusal(request.environ)
+        return error_body(*refused) if refused else None
 
     @app.after_request
     def echo_request_id(response):
