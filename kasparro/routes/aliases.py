@@ -16,7 +16,7 @@ from kasparro.etl.assets import (
 from kasparro.extensions import AppJSONParser, db
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.etl import admin_only
-from kasparro.routes.response_cache import kept_response
+from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas import (
     RETRY_AFTER,
     AliasAddedSchema,
@@ -31,19 +31,17 @@ blp = Blueprint("aliases", __name__, description="What did not resolve, and alia
 # Bodies are decoded by the app's JSON provider, which turns any undecodable body into a 400.
 blp.ARGUMENTS_PARSER = AppJSONParser()
 
-UNRESOLVED_PAGE = UnresolvedPageSchema()
-ALIAS_LIST = AliasListSchema()
-
 
 @blp.route("/assets/unresolved")
-@blp.arguments(UnresolvedQuerySchema(), location="query")
 @blp.response(200, UnresolvedPageSchema)
+@kept_answer()
+@blp.arguments(UnresolvedQuerySchema(), location="query")
 @blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
 @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_unresolved(args):
     """List the observations that did not resolve, by source, name and symbol, most first."""
-    return kept_response(lambda: UNRESOLVED_PAGE.dump(_unresolved(args)))
+    return _unresolved(args)
 
 
 def _unresolved(args) -> dict:
@@ -65,14 +63,15 @@ def _unresolved(args) -> dict:
 class Aliases(MethodView):
     """The aliases operators added."""
 
-    @blp.arguments(AliasQuerySchema(), location="query")
     @blp.response(200, AliasListSchema)
+    @kept_answer()
+    @blp.arguments(AliasQuerySchema(), location="query")
     @blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
     @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
     @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
     def get(self, args):
         """List the aliases, oldest first."""
-        return kept_response(lambda: ALIAS_LIST.dump(_aliases(args)))
+        return _aliases(args)
 
     @admin_only  # outside the body parsing: a caller without the token learns nothing of it
     @blp.arguments(AliasRequestSchema)

@@ -5,7 +5,7 @@ from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import source_stats
-from kasparro.routes.response_cache import kept_response
+from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas import RETRY_AFTER, StatsSchema
 
 blp = Blueprint("stats", __name__, description="Per-source statistics")
@@ -13,14 +13,12 @@ blp = Blueprint("stats", __name__, description="Per-source statistics")
 
 @blp.route("/stats")
 @blp.response(200, StatsSchema)
+@kept_answer()
 @blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_stats():
     """Report every source's records, runs, and last success and failure."""
-    return kept_response(lambda: STATS_SCHEMA.dump(_stats()))
-
-
-STATS_SCHEMA = StatsSchema()
+    return _stats()
 
 
 def _stats() -> dict:
