@@ -54,13 +54,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
-    """Bind the database, migrations, the response cache, the OpenAPI object and CORS; limits."""
+    """Bind the database, migrations, the kept answers, the OpenAPI object and CORS; limits."""
     from kasparro.extensions import api, db, migrate
-    from kasparro.routes.response_cache import init_response_cache
+    from kasparro.routes.kept_answers import init_kept_answers
 
     db.init_app(app)
     # In each process's memory: a hit costs no network, and entries are keyed by data version.
-    init_response_cache(app)
+    init_kept_answers(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     api.init_app(app)
     app.config.update(

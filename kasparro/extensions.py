@@ -16,9 +16,11 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_smorest import Api, abort
 from flask_sqlalchemy import SQLAlchemy
+from flask_sqlalchemy.session import Session
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
+from kasparro.etl.versions import VERSION_CLOCK
 from kasparro.models import Base
 
 
@@ -61,10 +63,20 @@ class AppJSONParser(FlaskParser):
         return core.missing
 
 
-db = SQLAlchemy(model_class=Base)
+class AppSession(Session):
+    """Flask-SQLAlchemy's session, carrying its app's data version clock to ``record_change``."""
+
+    def __init__(self, db: SQLAlchemy, **kwargs: Any) -> None:
+        super().__init__(db, **kwargs)
+        clock = current_app.extensions.get(VERSION_CLOCK)  # sessions live in an app context
+        if clock is not None:
+            self.info[VERSION_CLOCK] = clock
+
+
+db = SQLAlchemy(model_class=Base, session_options={"class_": AppSession})
 migrate = Migrate()
 api = Api()
-cache = Cache()
+kept = Cache()  # the kept answers (kasparro.routes.kept_answers)
 
 
 def _public_rate_limit() -> str:

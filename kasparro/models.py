@@ -244,7 +244,7 @@ class DataVersion(Base):
     """A counter per writer (a source's runs, retention), moved by every commit that writes.
 
     Their sum changes whenever anything the API serves may have: a response computed at one sum
-    stays right until it moves (kasparro.routes.response_cache).
+    stays right until it moves (kasparro.routes.kept_answers).
     """
 
     __tablename__ = "data_versions"

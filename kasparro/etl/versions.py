@@ -11,15 +11,25 @@ from sqlalchemy.orm import Session
 from kasparro.etl.load import insert_for
 from kasparro.models import DataVersion
 
+VERSION_CLOCK = "kasparro.version_clock"
+"""Where a session carries the clock ``record_change`` tells of a change (``session.info``)."""
+
 
 def record_change(session: Session, scope: str) -> None:
-    """Move ``scope``'s counter in the current transaction (it commits with the write)."""
+    """Move ``scope``'s counter in the current transaction (it commits with the write).
+
+    The clock the session carries, if any, is told: this process's kept answers then show the
+    change as soon as it commits (``kasparro.routes.kept_answers``).
+    """
     insert = insert_for(session)(DataVersion).values(scope=scope, version=1)
     session.execute(
         insert.on_conflict_do_update(
             index_elements=["scope"], set_={"version": DataVersion.version + 1}
         )
     )
+    clock = session.info.get(VERSION_CLOCK)
+    if clock is not None:
+        clock.changing(session)
 
 
 def data_version(session: Session) -> int:

@@ -18,7 +18,7 @@ from kasparro.etl.assets import (
 from kasparro.extensions import AppJSONParser, db
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.etl import admin_only
-from kasparro.routes.response_cache import kept_response
+from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas import (
     AliasAddedSchema,
     AliasListSchema,
@@ -31,9 +31,6 @@ from kasparro.schemas import (
 blp = Blueprint("aliases", __name__, description="What did not resolve, and aliases")
 # Bodies are decoded by the app's JSON provider, which turns any undecodable body into a 400.
 blp.ARGUMENTS_PARSER = AppJSONParser()
-
-UNRESOLVED_PAGE = UnresolvedPageSchema()
-ALIAS_LIST = AliasListSchema()
 
 
 def corrections_admin_only(view):
@@ -50,12 +47,13 @@ def corrections_admin_only(view):
 
 
 @blp.route("/assets/unresolved")
-@blp.arguments(UnresolvedQuerySchema(), location="query")
 @blp.response(200, UnresolvedPageSchema)
+@kept_answer()
+@blp.arguments(UnresolvedQuerySchema(), location="query")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_unresolved(args):
     """List the observations that did not resolve, by source, name and symbol, most first."""
-    return kept_response(lambda: UNRESOLVED_PAGE.dump(_unresolved(args)))
+    return _unresolved(args)
 
 
 def _unresolved(args) -> dict:
@@ -77,12 +75,13 @@ def _unresolved(args) -> dict:
 class Aliases(MethodView):
     """The aliases operators added."""
 
-    @blp.arguments(AliasQuerySchema(), location="query")
     @blp.response(200, AliasListSchema)
+    @kept_answer()
+    @blp.arguments(AliasQuerySchema(), location="query")
     @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
     def get(self, args):
         """List the aliases, oldest first."""
-        return kept_response(lambda: ALIAS_LIST.dump(_aliases(args)))
+        return _aliases(args)
 
     @corrections_admin_only  # outside the body parsing: without the token, nothing of it is told
     @blp.arguments(AliasRequestSchema)

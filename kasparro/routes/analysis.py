@@ -1,7 +1,7 @@
 """``GET /compare-runs`` and ``GET /anomalies``: run comparison and anomaly flags.
 
 Both answers change only with what the ETL commits, so they are kept like ``/stats``'s
-(``kasparro.routes.response_cache``); the logic is in ``kasparro.run_analysis``.
+(``kasparro.routes.kept_answers``); the logic is in ``kasparro.run_analysis``.
 """
 
 from flask import current_app
@@ -11,7 +11,7 @@ from flask_smorest.error_handler import ErrorSchema
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor
 from kasparro.routes.errors import abort_naming
-from kasparro.routes.response_cache import kept_response
+from kasparro.routes.kept_answers import kept_answer
 from kasparro.run_analysis import (
     KINDS,
     InvalidComparison,
@@ -22,7 +22,6 @@ from kasparro.run_analysis import (
     pick_runs,
 )
 from kasparro.schemas import (
-    RETRY_AFTER,
     AnomaliesQuerySchema,
     AnomalyPageSchema,
     CompareRunsQuerySchema,
@@ -33,18 +32,14 @@ blp = Blueprint("analysis", __name__, description="Run comparison and anomaly fl
 
 
 @blp.route("/compare-runs")
-@blp.arguments(CompareRunsQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, RunComparisonSchema)
+@kept_answer()
+@blp.arguments(CompareRunsQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(404, schema=ErrorSchema, description="A run is unknown, or has no predecessor")
-@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
-@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_compare_runs(args):
     """Compare two runs of a source: counts, duration, rejected rate, drift and movers."""
-    return kept_response(lambda: COMPARISON_SCHEMA.dump(_comparison(args)))
-
-
-COMPARISON_SCHEMA = RunComparisonSchema()
+    return _comparison(args)
 
 
 def _comparison(args) -> dict:
@@ -60,18 +55,14 @@ def _comparison(args) -> dict:
 
 
 @blp.route("/anomalies")
-@blp.arguments(AnomaliesQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, AnomalyPageSchema)
+@kept_answer()
+@blp.arguments(AnomaliesQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
-@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
-@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_anomalies(args):
     """List runs far from their source's history, value jumps and cross-source disagreements."""
-    return kept_response(lambda: ANOMALY_PAGE_SCHEMA.dump(_anomalies(args)))
-
-
-ANOMALY_PAGE_SCHEMA = AnomalyPageSchema()
+    return _anomalies(args)
 
 
 def _anomalies(args) -> dict:

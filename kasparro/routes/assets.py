@@ -7,9 +7,8 @@ from kasparro.asset_views import asset_detail, asset_history, list_assets
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor
 from kasparro.routes.errors import abort_naming
-from kasparro.routes.response_cache import kept_first, kept_response
+from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas import (
-    RETRY_AFTER,
     AssetDetailSchema,
     AssetListSchema,
     AssetsQuerySchema,
@@ -21,51 +20,40 @@ blp = Blueprint(
     "assets", __name__, description="Assets: latest values, consensus, history and corrections"
 )
 
-RATE_LIMITED = {"schema": ErrorSchema, "headers": RETRY_AFTER, "description": "Rate limited"}
 DATABASE_DOWN = {"schema": ErrorSchema, "description": "The database is unreachable"}
-QUERY_TOO_LONG = {"schema": ErrorSchema, "description": "The query string is over 2048 bytes"}
 NO_SUCH_ASSET = {"schema": ErrorSchema, "description": "No asset has this id"}
 
 
 @blp.route("/assets")
-@kept_first()
-@blp.arguments(AssetsQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, AssetListSchema)
-@blp.alt_response(414, **QUERY_TOO_LONG)
-@blp.alt_response(429, **RATE_LIMITED)
+@kept_answer()
+@blp.arguments(AssetsQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(503, **DATABASE_DOWN)
 def get_assets(args):
     """List assets with their consensus price, 24 h change, spread and market cap."""
-    return kept_response(lambda: LIST_SCHEMA.dump(list_assets(db.session, **args)))
+    return list_assets(db.session, **args)
 
 
 @blp.route("/assets/<asset_id>")
 @blp.response(200, AssetDetailSchema)
+@kept_answer()
 @blp.alt_response(404, **NO_SUCH_ASSET)
-@blp.alt_response(429, **RATE_LIMITED)
 @blp.alt_response(503, **DATABASE_DOWN)
 def get_asset(asset_id):
     """Show an asset across sources: newest values, consensus, reports and names."""
-    return kept_response(lambda: DETAIL_SCHEMA.dump(_found(asset_detail(db.session, asset_id))))
+    return _found(asset_detail(db.session, asset_id))
 
 
 @blp.route("/assets/<asset_id>/history")
-@kept_first()
-@blp.arguments(HistoryQuerySchema(), location="query")
 @blp.response(200, HistorySchema)
+@kept_answer()
+@blp.arguments(HistoryQuerySchema(), location="query")
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
 @blp.alt_response(404, **NO_SUCH_ASSET)
-@blp.alt_response(414, **QUERY_TOO_LONG)
-@blp.alt_response(429, **RATE_LIMITED)
 @blp.alt_response(503, **DATABASE_DOWN)
 def get_asset_history(args, asset_id):
     """Show an asset's open, high, low and close per 5m, 1h or 1d bucket, paged by cursor."""
-    return kept_response(lambda: HISTORY_SCHEMA.dump(_history(asset_id, args)))
-
-
-LIST_SCHEMA = AssetListSchema()
-DETAIL_SCHEMA = AssetDetailSchema()
-HISTORY_SCHEMA = HistorySchema()
+    return _history(asset_id, args)
 
 
 def _found(body: dict | None) -> dict:

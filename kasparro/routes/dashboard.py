@@ -27,7 +27,7 @@ from kasparro.asset_views import list_assets
 from kasparro.extensions import db
 from kasparro.models import EtlRun
 from kasparro.queries import source_stats
-from kasparro.routes.response_cache import cached_body
+from kasparro.routes.kept_answers import kept_value
 
 blp = Blueprint("dashboard", __name__, description="The dashboard page")
 
@@ -52,7 +52,7 @@ COMPACT_UNITS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
 def show_dashboard():
     """Show the top assets, their price charts, each source's health and the run log."""
     # Kept like the API's answers until the next ETL commit: every figure on it is data.
-    html = cached_body(lambda: render_template("dashboard.html", **dashboard_content(db.session)))
+    html = kept_value(lambda: render_template("dashboard.html", **dashboard_content(db.session)))
     response = current_app.response_class(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response

@@ -9,8 +9,8 @@ from flask_smorest.error_handler import ErrorSchema
 from kasparro.extensions import db
 from kasparro.queries import InvalidCursor, page_unified_records
 from kasparro.routes.errors import abort_naming
-from kasparro.routes.response_cache import kept_first, kept_response
-from kasparro.schemas import RETRY_AFTER, DataPageSchema, DataQuerySchema
+from kasparro.routes.kept_answers import kept_answer
+from kasparro.schemas import DataPageSchema, DataQuerySchema
 
 blp = Blueprint("data", __name__, description="Unified market observations")
 
@@ -23,20 +23,14 @@ def _meta(started: float) -> dict:
 
 
 @blp.route("/data")
-@kept_first(_meta)
-@blp.arguments(DataQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, DataPageSchema)
+@kept_answer(_meta)
+@blp.arguments(DataQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
-@blp.alt_response(414, schema=ErrorSchema, description="The query string is over 2048 bytes")
-@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_data(args):
     """List observations, newest first, by page or by cursor."""
-    return kept_response(lambda: PAGE_SCHEMA.dump(_page(args)), _meta)
-
-
-# The page without its per-request "meta": what may be kept and served again.
-PAGE_SCHEMA = DataPageSchema(exclude=("meta",))
+    return _page(args)  # without its per-request "meta": what may be kept and served again
 
 
 def _page(args) -> dict:

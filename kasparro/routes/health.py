@@ -9,7 +9,7 @@ from kasparro.celery_app import broker_reachable
 from kasparro.extensions import db
 from kasparro.models import RunStatus
 from kasparro.queries import source_health
-from kasparro.routes.response_cache import cached_body
+from kasparro.routes.kept_answers import kept_value
 from kasparro.schemas import HealthSchema
 
 blp = Blueprint("health", __name__, description="Service health")
@@ -26,7 +26,7 @@ def get_health():
         # Kept like /data's answers: every change of a run moves the data version. The version
         # is read at most every VERSION_READ_SECONDS, so a database that stops answering shows
         # within that.
-        runs = cached_body(_runs_part)
+        runs = kept_value(_runs_part)
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.warning("health.database_unreachable", error=type(exc).__name__)

@@ -5,22 +5,19 @@ from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.queries import source_stats
-from kasparro.routes.response_cache import kept_response
-from kasparro.schemas import RETRY_AFTER, StatsSchema
+from kasparro.routes.kept_answers import kept_answer
+from kasparro.schemas import StatsSchema
 
 blp = Blueprint("stats", __name__, description="Per-source statistics")
 
 
 @blp.route("/stats")
 @blp.response(200, StatsSchema)
-@blp.alt_response(429, schema=ErrorSchema, headers=RETRY_AFTER, description="Rate limited")
+@kept_answer()
 @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_stats():
     """Report every source's records, runs, and last success and failure."""
-    return kept_response(lambda: STATS_SCHEMA.dump(_stats()))
-
-
-STATS_SCHEMA = StatsSchema()
+    return _stats()
 
 
 def _stats() -> dict:

@@ -11,9 +11,10 @@ from kasparro import create_app
 from kasparro.etl.pipeline import extract
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import fail_run, start_run
-from kasparro.extensions import cache, db
+from kasparro.etl.versions import record_change
+from kasparro.extensions import db, kept
 from kasparro.models import DataVersion, UnifiedRecord
-from kasparro.routes.response_cache import VERSION_READ_SECONDS
+from kasparro.routes.kept_answers import VERSION_READ_SECONDS
 from kasparro.schemas import DataQuerySchema
 from tests.csv_files import write
 
@@ -77,7 +78,7 @@ def test_a_request_after_the_interval_reads_only_the_data_version(client, run_et
 
 
 def set_value_to_one(connection, record_id: int) -> None:
-    """Change one observation's value and move the data version, as the ETL would."""
+    """Change one observation's value and move the data version, as another process's ETL would."""
     connection.execute(
         sa.update(UnifiedRecord).where(UnifiedRecord.id == record_id).values(value=1)
     )
@@ -88,7 +89,10 @@ def test_a_commit_made_by_this_process_shows_at_once(client, run_etl):
     run_etl("csv1")
     before = body(client, CACHED[0])["data"][0]
 
-    set_value_to_one(db.session, before["id"])
+    db.session.execute(
+        sa.update(UnifiedRecord).where(UnifiedRecord.id == before["id"]).values(value=1)
+    )
+    record_change(db.session, "tests")  # as the ETL does
     db.session.commit()
 
     assert before["value"] != "1"
@@ -163,6 +167,7 @@ def test_another_process_sees_a_commit_made_elsewhere(settings, client, run_etl,
         other.test_cli_runner().invoke(args=["etl", "run", "--source", "csv1"])
         db.session.remove()
         db.engine.dispose()
+    time.sleep(VERSION_READ_SECONDS)  # its clock is its own: this one reads the version again
 
     assert body(client, CACHED[0])["pagination"]["total"] == before["pagination"]["total"] + 2
 
@@ -236,8 +241,8 @@ def test_an_answer_is_kept_as_its_json_text_and_served_with_its_own_meta(
     first = client.get(url, headers={"X-Request-ID": "first"})
     second = client.get(url, headers={"X-Request-ID": "second"})
 
-    kept = [value for value in cache.cache._cache.values()]  # SimpleCache: (expiry, pickled)
-    assert any(isinstance(pickle.loads(value), str) for _, value in kept)
+    stored = [value for value in kept.cache._cache.values()]  # SimpleCache: (expiry, pickled)
+    assert any(isinstance(pickle.loads(value), str) for _, value in stored)
     assert first.mimetype == second.mimetype == "application/json"
     one, two = first.get_json(), second.get_json()
     if has_meta:
@@ -266,3 +271,14 @@ def test_a_kept_page_is_served_without_reading_its_arguments_again(client, run_e
     # A URL whose arguments are wrong is never kept: each request reads them, and is refused.
     assert [client.get("/data?page_size=0").status_code for _ in range(2)] == [422, 422]
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize("url", ["/stats", "/assets?page_size=3", "/anomalies", "/health"])
+def test_a_kept_answer_is_byte_for_byte_the_one_first_sent(client, run_etl, url):
+    run_etl("csv1", "csv2")
+    first = client.get(url)
+    again = [client.get(url) for _ in range(2)]
+
+    assert first.status_code == 200
+    assert all(answer.data == first.data for answer in again)
+    assert first.data.endswith(b"}\n") and b"\n" not in first.data[:-1]
