@@ -79,10 +79,11 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_middleware(app: Flask) -> None:
-    """Wrap the WSGI app so that the client's address is read from trusted proxies only."""
-    from kasparro.middleware import trust_forwarded_for
+    """Read the client's address from trusted proxies only; send security headers."""
+    from kasparro.middleware import send_security_headers, trust_forwarded_for
 
     trust_forwarded_for(app)
+    send_security_headers(app)
 
 
 def register_blueprints(app: Flask) -> None:
