@@ -1,12 +1,10 @@
 """Kasparro: a self-hostable cryptocurrency market-data pipeline."""
 
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from kasparro.config import load_settings, metrics_directory, secret_values
 from kasparro.etl.faults import FailurePlan
@@ -17,7 +15,7 @@ MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the app: config, then extensions, blueprints, error handling and the CLI."""
+    """Build the app: config, extensions, middleware, blueprints, error handling and the CLI."""
     # Extensions load with the app, not with the package: the ETL core imports none of them.
     from kasparro.extensions import BodyJSONProvider
 
@@ -46,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], secret_values(app.config))
     prepare_shared_values(metrics_directory())  # before this process records a metric
     register_extensions(app)
+    register_middleware(app)
     register_blueprints(app)
     register_request_hooks(app)
     register_commands(app)
@@ -73,52 +72,18 @@ def register_extensions(app: Flask) -> None:
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         RATELIMIT_KEY_PREFIX="kasparro",
     )
-    trust_forwarded_for(app)
     if app.config["CORS_ORIGINS"]:
         from flask_cors import CORS
 
         CORS(app, origins=[o.strip() for o in app.config["CORS_ORIGINS"].split(",")])
 
 
-def trusted_proxies(allowed: str) -> list[IPv4Network | IPv6Network] | None:
-    """Parse FORWARDED_ALLOW_IPS (addresses or networks, comma-separated); ``None`` means ``*``."""
-    entries = [entry.strip() for entry in allowed.split(",") if entry.strip()]
-    if "*" in entries:
-        return None
-    try:
-        return [ip_network(entry) for entry in entries]
-    except ValueError as exc:
-        raise ValueError(f"FORWARDED_ALLOW_IPS must list addresses or networks: {exc}") from None
+def register_middleware(app: Flask) -> None:
+    """Read the client's address from trusted proxies only; send security headers."""
+    from kasparro.middleware import send_security_headers, trust_forwarded_for
 
-
-def trust_forwarded_for(app: Flask) -> None:
-    """Take the client address from X-Forwarded-For, written by PROXY_FIX_X_FOR trusted proxies.
-
-    Werkzeug's ProxyFix believes only the last PROXY_FIX_X_FOR entries of the header, those the
-    proxies wrote; it is applied only when the peer itself is a proxy (in FORWARDED_ALLOW_IPS),
-    so a client that reaches the app directly cannot name itself with the header.
-    """
-    networks = trusted_proxies(app.config["FORWARDED_ALLOW_IPS"])
-    hops = app.config["PROXY_FIX_X_FOR"]
-    if hops <= 0:
-        return
-    direct = app.wsgi_app
-    proxied = ProxyFix(direct, x_for=hops)
-
-    def from_trusted_peer(environ):
-        if networks is None:
-            return True
-        try:
-            peer = ip_address(environ.get("REMOTE_ADDR", ""))
-        except ValueError:  # a UNIX socket: only local processes reach it (gunicorn trusts it too)
-            return True
-        return any(peer in network for network in networks)
-
-    def choose(environ, start_response):
-        handler = proxied if from_trusted_peer(environ) else direct
-        return handler(environ, start_response)
-
-    app.wsgi_app = choose
+    trust_forwarded_for(app)
+    send_security_headers(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -214,7 +214,7 @@ def offline_client():
 
 
 def test_data_page_has_the_documented_shape_and_exact_decimal_values(client, add_records):
-    exact = "12345678901234567890.123456789012345678901234567890"
+    exact = "12345678901234567890.12345678901234567890123456789"  # canonical: no trailing zero
     tiny = "0.00000000123"
     add_records([observation(1, value=Decimal(exact)), observation(2, value=Decimal(tiny))])
 
