@@ -17,6 +17,7 @@ It also serves history, ``/coins/{id}/market_chart/range``, with faults of its o
 
 import argparse
 import json
+import operator
 import sys
 import threading
 import time
@@ -120,6 +121,68 @@ class Fault:
     delay: float = 0.0
 
 
+def fault_answer(fault: Fault) -> tuple[int, dict[str, str], bytes]:
+    """Return status, headers and body of ``fault``: its own body, or a CoinGecko-style error."""
+    body = fault.body
+    if body is None:
+        error = {"status": {"error_code": fault.status, "error_message": "imitated fault"}}
+        body = json.dumps(error)
+    if isinstance(body, str):
+        body = body.encode()
+    return fault.status, {"Content-Type": fault.content_type, **fault.headers}, body
+
+
+def record_request(imitation, handler: BaseHTTPRequestHandler):
+    """Log the request ``handler`` is serving on ``imitation``; return its parts, query, record."""
+    parts = urlsplit(handler.path)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    headers = {k.lower(): v for k, v in handler.headers.items()}
+    recorded = RecordedRequest(parts.path, query, headers, at=time.monotonic())
+    with imitation.lock:
+        imitation.requests.append(recorded)
+    return parts, query, recorded
+
+
+class Faults:
+    """Faults queued for the next requests, one each, and faults kept for a key until cleared.
+
+    ``matches(key, kept)`` says whether a request's key (a page, a path, a coin) takes a kept
+    fault; by default the two are equal.
+    """
+
+    def __init__(self, lock: threading.Lock, matches=operator.eq):
+        self.lock = lock
+        self.matches = matches
+        self.queued: deque = deque()
+        self.kept: dict = {}
+
+    def queue(self, *faults) -> None:
+        """Answer the next requests with ``faults``, one each, in order."""
+        with self.lock:
+            self.queued.extend(faults)
+
+    def keep(self, key, fault) -> None:
+        """Answer every request for ``key`` with ``fault``; ``None`` lets it through again."""
+        with self.lock:
+            if fault is None:
+                self.kept.pop(key, None)
+            else:
+                self.kept[key] = fault
+
+    def clear(self) -> None:
+        """Drop every queued and kept fault."""
+        with self.lock:
+            self.queued.clear()
+            self.kept.clear()
+
+    def take(self, key):
+        """Return the fault for a request for ``key``: the next queued one, else a kept one."""
+        with self.lock:
+            if self.queued:
+                return self.queued.popleft()
+            return next((f for k, f in self.kept.items() if self.matches(key, k)), None)
+
+
 class CoinGeckoImitation:
     """Serve a list of coins as CoinGecko would, on 127.0.0.1 and a free port."""
 
@@ -127,9 +190,8 @@ class CoinGeckoImitation:
         self.coins = coins if coins is not None else make_coins(len(KNOWN_COINS))
         self.requests: list[RecordedRequest] = []
         self.delay_seconds = 0.0
-        self.queued_faults: deque[Fault] = deque()
-        self.page_faults: dict[int, Fault] = {}
         self.lock = threading.Lock()
+        self.faults = Faults(self.lock)
         self.history = MarketChartRange(self)  # /coins/{id}/market_chart/range, see below
         self.server = QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
@@ -166,35 +228,22 @@ class CoinGeckoImitation:
 
     def fail_next(self, *faults: Fault) -> None:
         """Answer the next markets requests with ``faults``, one each, in order."""
-        with self.lock:
-            self.queued_faults.extend(faults)
+        self.faults.queue(*faults)
 
     def fail_page(self, page: int, fault: Fault | None) -> None:
         """Answer every request for ``page`` with ``fault``; ``None`` lets the page through."""
-        with self.lock:
-            if fault is None:
-                self.page_faults.pop(page, None)
-            else:
-                self.page_faults[page] = fault
+        self.faults.keep(page, fault)
 
     def clear_faults(self) -> None:
         """Drop every queued and per-page fault."""
-        with self.lock:
-            self.queued_faults.clear()
-            self.page_faults.clear()
-
-    def _next_fault(self, page: int) -> Fault | None:
-        with self.lock:
-            if self.queued_faults:
-                return self.queued_faults.popleft()
-            return self.page_faults.get(page)
+        self.faults.clear()
 
     def respond(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """Return status, headers and body for one markets request, after any set delay."""
         time.sleep(self.delay_seconds)
         per_page = int(query.get("per_page", 100))
         page = int(query.get("page", 1))
-        fault = self._next_fault(page)
+        fault = self.faults.take(page)
         if fault is not None:
             time.sleep(fault.delay)
         if fault is None or (fault.status == 200 and fault.body is None):
@@ -203,29 +252,14 @@ class CoinGeckoImitation:
                 body = json.dumps(chunk).encode()
             headers = {"Content-Type": "application/json"}
             return 200, {**headers, **(fault.headers if fault else {})}, body
-        body = fault.body
-        if body is None:
-            error = {"status": {"error_code": fault.status, "error_message": "imitated fault"}}
-            body = json.dumps(error)
-        if isinstance(body, str):
-            body = body.encode()
-        return fault.status, {"Content-Type": fault.content_type, **fault.headers}, body
+        return fault_answer(fault)
 
     def _handler(self):
         imitation = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                parts = urlsplit(self.path)
-                query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-                recorded = RecordedRequest(
-                    parts.path,
-                    query,
-                    {k.lower(): v for k, v in self.headers.items()},
-                    at=time.monotonic(),
-                )
-                with imitation.lock:
-                    imitation.requests.append(recorded)
+                parts, query, recorded = record_request(imitation, self)
                 if range_coin_id(parts.path) is not None:  # market_chart/range, see below
                     status, headers, body = imitation.history.respond(parts.path, query)
                 elif parts.path != MARKETS_PATH:
@@ -332,8 +366,7 @@ class MarketChartRange:
         self.now = BASE_TIME
         self.days_limit: int | None = DEMO_DAYS_LIMIT
         self.point_offset_ms = 41_331
-        self.queued_faults: deque[Fault] = deque()
-        self.coin_faults: dict[str, Fault] = {}
+        self.faults = Faults(imitation.lock)
         self.answers: dict[str, dict | str] = {}
 
     def url(self, coin_id: str) -> str:
@@ -352,16 +385,11 @@ class MarketChartRange:
 
     def fail_next(self, *faults: Fault) -> None:
         """Answer the next history requests with ``faults``, one each, in order."""
-        with self.imitation.lock:
-            self.queued_faults.extend(faults)
+        self.faults.queue(*faults)
 
     def fail_coin(self, coin_id: str, fault: Fault | None) -> None:
         """Answer every history request for ``coin_id`` with ``fault``; ``None`` lets it through."""
-        with self.imitation.lock:
-            if fault is None:
-                self.coin_faults.pop(coin_id, None)
-            else:
-                self.coin_faults[coin_id] = fault
+        self.faults.keep(coin_id, fault)
 
     def set_answer(self, coin_id: str, answer: dict | str | None) -> None:
         """Serve ``answer`` (JSON-ready, or raw text) for ``coin_id``; ``None`` restores points."""
@@ -373,9 +401,8 @@ class MarketChartRange:
 
     def clear_faults(self) -> None:
         """Drop every queued and per-coin history fault and every set answer."""
+        self.faults.clear()
         with self.imitation.lock:
-            self.queued_faults.clear()
-            self.coin_faults.clear()
             self.answers.clear()
 
     def points(self, coin_id: str, from_s: float, to_s: float) -> dict[str, list[list]]:
@@ -396,33 +423,18 @@ class MarketChartRange:
             moment += step * 1000
         return answer
 
-    def _next_fault(self, coin_id: str) -> Fault | None:
-        with self.imitation.lock:
-            if self.queued_faults:
-                return self.queued_faults.popleft()
-            return self.coin_faults.get(coin_id)
-
     def respond(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """Return status, headers and body for one history request."""
         coin_id = range_coin_id(path)
-        fault = self._next_fault(coin_id)
+        fault = self.faults.take(coin_id)
         if fault is not None:
             time.sleep(fault.delay)
             if fault.status != 200 or fault.body is not None:
-                return self._fault_answer(fault)
+                return fault_answer(fault)
         status, answer = self._answer(coin_id, query)
         body = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
         headers = {"Content-Type": "application/json", **(fault.headers if fault else {})}
         return status, headers, body
-
-    def _fault_answer(self, fault: Fault) -> tuple[int, dict[str, str], bytes]:
-        body = fault.body
-        if body is None:
-            error = {"status": {"error_code": fault.status, "error_message": "imitated fault"}}
-            body = json.dumps(error)
-        if isinstance(body, str):
-            body = body.encode()
-        return fault.status, {"Content-Type": fault.content_type, **fault.headers}, body
 
     def _answer(self, coin_id: str, query: dict[str, str]) -> tuple[int, dict | str]:
         with self.imitation.lock:

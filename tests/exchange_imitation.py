@@ -100,14 +100,13 @@ import argparse
 import json
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from tests.coingecko_imitation import QuietServer, RecordedRequest
+from tests.coingecko_imitation import Faults, QuietServer, RecordedRequest, record_request
 
 NOW = datetime(2025, 12, 27, 10, 46, 21, tzinfo=UTC)
 HOUR = 3600
@@ -210,9 +209,8 @@ class ExchangeImitation:
         self.candle_hours = candle_hours
         self.markets: dict[str, Market] = {m.symbol: m for m in self.default_markets()}
         self.requests: list[RecordedRequest] = []
-        self.queued_faults: deque[Fault] = deque()
-        self.path_faults: dict[str, Fault] = {}
         self.lock = threading.Lock()
+        self.faults = Faults(self.lock, matches=str.endswith)
         self.server = QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(
@@ -281,35 +279,19 @@ class ExchangeImitation:
 
     def fail_next(self, *faults: Fault) -> None:
         """Answer the next requests, whatever their path, with ``faults``, one each, in order."""
-        with self.lock:
-            self.queued_faults.extend(faults)
+        self.faults.queue(*faults)
 
     def fail_path(self, suffix: str, fault: Fault | None) -> None:
         """Answer every request whose path ends with ``suffix`` with ``fault``; ``None`` clears."""
-        with self.lock:
-            if fault is None:
-                self.path_faults.pop(suffix, None)
-            else:
-                self.path_faults[suffix] = fault
+        self.faults.keep(suffix, fault)
 
     def clear_faults(self) -> None:
         """Drop every queued and per-path fault."""
-        with self.lock:
-            self.queued_faults.clear()
-            self.path_faults.clear()
+        self.faults.clear()
 
     def requests_to(self, suffix: str) -> list[RecordedRequest]:
         """Return the requests whose path ends with ``suffix``."""
         return [r for r in self.requests if r.path.endswith(suffix)]
-
-    def _next_fault(self, path: str) -> Fault | None:
-        with self.lock:
-            if self.queued_faults:
-                return self.queued_faults.popleft()
-            for suffix, fault in self.path_faults.items():
-                if path.endswith(suffix):
-                    return fault
-        return None
 
     # -- answers ------------------------------------------------------------------------------
 
@@ -319,7 +301,7 @@ class ExchangeImitation:
 
     def respond(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """Return status, headers and body for one request, applying any fault."""
-        fault = self._next_fault(path)
+        fault = self.faults.take(path)
         if fault is not None:
             time.sleep(fault.delay)
         headers = {"Content-Type": "application/json"}
@@ -346,16 +328,7 @@ class ExchangeImitation:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                parts = urlsplit(self.path)
-                query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-                recorded = RecordedRequest(
-                    parts.path,
-                    query,
-                    {k.lower(): v for k, v in self.headers.items()},
-                    at=time.monotonic(),
-                )
-                with imitation.lock:
-                    imitation.requests.append(recorded)
+                parts, query, recorded = record_request(imitation, self)
                 status, headers, body = imitation.respond(parts.path, query)
                 recorded.status = status
                 self.send_response(status)
