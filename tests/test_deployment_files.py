@@ -64,13 +64,7 @@ def compose_config(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 def interpolated_services(project: Path, *profiles: str) -> dict:
     """Return the services of the compose file as Docker Compose resolves them."""
-    chosen = [argument for profile in profiles for argument in ("--profile", profile)]
-    result = subprocess.run(
-        [str(COMPOSE), *chosen, "config", "--format", "json"],
-        cwd=project, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)["services"]
+    return resolved_project(project, *profiles)["services"]
 
 
 def resolved_project(project: Path, *profiles: str) -> dict:
