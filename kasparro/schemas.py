@@ -2,13 +2,15 @@
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from kasparro.asset_views import INTERVALS, MAX_HISTORY_LIMIT, PRICE, RESOLVED_FROM_WINDOW, SORTS
 from kasparro.etl.assets import alias_text, alias_too_long
 from kasparro.etl.sources import SOURCES
 from kasparro.input_fields import AwareDateTime, Text
 from kasparro.models import RUN_TRIGGERS, Asset, RunStatus
-from kasparro.queries import EXACT_COUNT_LIMIT
-from kasparro.run_analysis import KINDS, MAX_RUN_ID, RUN_MEASURES
+from kasparro.read.anomalies import KINDS
+from kasparro.read.assets import PRICE, RESOLVED_FROM_WINDOW, SORTS
+from kasparro.read.history import INTERVALS, MAX_HISTORY_LIMIT
+from kasparro.read.observations import EXACT_COUNT_LIMIT
+from kasparro.read.runs import MAX_RUN_ID, RUN_MEASURES
 
 RUN_STATUSES = [status.value for status in RunStatus]
 
@@ -525,7 +527,7 @@ class AnomalyPageSchema(Schema):
     )
 
 
-# The asset views (kasparro/asset_views.py).
+# The asset views (kasparro/read/assets.py).
 
 
 def percent(description: str) -> fields.Float:

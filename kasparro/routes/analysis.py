@@ -1,7 +1,8 @@
 """``GET /compare-runs`` and ``GET /anomalies``: run comparison and anomaly flags.
 
 Both answers change only with what the ETL commits, so they are kept like ``/stats``'s
-(``kasparro.routes.kept_answers``); the logic is in ``kasparro.run_analysis``.
+(``kasparro.routes.kept_answers``); the logic is in ``kasparro.read.runs`` and
+``kasparro.read.anomalies``.
 """
 
 from flask import current_app
@@ -9,18 +10,12 @@ from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
-from kasparro.queries import InvalidCursor
+from kasparro.read.anomalies import KINDS, find_anomalies
+from kasparro.read.cursors import InvalidCursor
+from kasparro.read.run_outliers import Thresholds
+from kasparro.read.runs import InvalidComparison, RunNotFound, compare_runs, pick_runs
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.run_analysis import (
-    KINDS,
-    InvalidComparison,
-    RunNotFound,
-    Thresholds,
-    compare_runs,
-    find_anomalies,
-    pick_runs,
-)
 from kasparro.schemas import (
     AnomaliesQuerySchema,
     AnomalyPageSchema,

@@ -3,9 +3,10 @@
 from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
-from kasparro.asset_views import asset_detail, asset_history, list_assets
 from kasparro.extensions import db
-from kasparro.queries import InvalidCursor
+from kasparro.read.assets import asset_detail, list_assets
+from kasparro.read.cursors import InvalidCursor
+from kasparro.read.history import asset_history
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas import (

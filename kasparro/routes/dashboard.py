@@ -22,11 +22,11 @@ from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 from sqlalchemy.orm import Session
 
-from kasparro.asset_values import DEFAULT_PRECISION
-from kasparro.asset_views import list_assets
 from kasparro.extensions import db
 from kasparro.models import EtlRun
-from kasparro.queries import source_stats
+from kasparro.read.assets import list_assets
+from kasparro.read.sources import source_stats
+from kasparro.read.values import DEFAULT_PRECISION
 from kasparro.routes.kept_answers import kept_value
 
 blp = Blueprint("dashboard", __name__, description="The dashboard page")

@@ -7,7 +7,8 @@ from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
-from kasparro.queries import InvalidCursor, page_unified_records
+from kasparro.read.cursors import InvalidCursor
+from kasparro.read.observations import page_unified_records
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas import DataPageSchema, DataQuerySchema

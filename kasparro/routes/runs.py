@@ -6,7 +6,7 @@ from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.models import EtlRun
-from kasparro.run_analysis import MAX_RUN_ID
+from kasparro.read.runs import MAX_RUN_ID
 from kasparro.schemas import RunListSchema, RunSchema, RunsQuerySchema
 
 blp = Blueprint("runs", __name__, description="The ETL run log")

@@ -4,7 +4,7 @@ from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
-from kasparro.queries import source_stats
+from kasparro.read.sources import source_stats
 from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas import StatsSchema
 
