@@ -19,7 +19,7 @@ from kasparro.extensions import AppJSONParser, db
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.etl import admin_only
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.schemas import (
+from kasparro.schemas.aliases import (
     AliasAddedSchema,
     AliasListSchema,
     AliasQuerySchema,
@@ -50,7 +50,6 @@ def corrections_admin_only(view):
 @blp.response(200, UnresolvedPageSchema)
 @kept_answer()
 @blp.arguments(UnresolvedQuerySchema(), location="query")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_unresolved(args):
     """List the observations that did not resolve, by source, name and symbol, most first."""
     return _unresolved(args)
@@ -78,7 +77,6 @@ class Aliases(MethodView):
     @blp.response(200, AliasListSchema)
     @kept_answer()
     @blp.arguments(AliasQuerySchema(), location="query")
-    @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
     def get(self, args):
         """List the aliases, oldest first."""
         return _aliases(args)
@@ -97,8 +95,7 @@ class Aliases(MethodView):
     @blp.alt_response(
         503,
         schema=ErrorSchema,
-        description="Corrections over HTTP are disabled (no ETL_ADMIN_TOKEN), "
-        "or the database is unreachable",
+        description="Corrections over HTTP are disabled (no ETL_ADMIN_TOKEN)",
     )
     def post(self, body):
         """Add an alias, and resolve the past observations it matches."""

@@ -16,7 +16,7 @@ from kasparro.read.run_outliers import Thresholds
 from kasparro.read.runs import InvalidComparison, RunNotFound, compare_runs, pick_runs
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.schemas import (
+from kasparro.schemas.analysis import (
     AnomaliesQuerySchema,
     AnomalyPageSchema,
     CompareRunsQuerySchema,
@@ -31,7 +31,6 @@ blp = Blueprint("analysis", __name__, description="Run comparison and anomaly fl
 @kept_answer()
 @blp.arguments(CompareRunsQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(404, schema=ErrorSchema, description="A run is unknown, or has no predecessor")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_compare_runs(args):
     """Compare two runs of a source: counts, duration, rejected rate, drift and movers."""
     return _comparison(args)
@@ -54,7 +53,6 @@ def _comparison(args) -> dict:
 @kept_answer()
 @blp.arguments(AnomaliesQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_anomalies(args):
     """List runs far from their source's history, value jumps and cross-source disagreements."""
     return _anomalies(args)

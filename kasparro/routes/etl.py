@@ -11,7 +11,7 @@ from kasparro.celery_app import broker_reachable
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
 from kasparro.etl.runs import SourceBusy
 from kasparro.extensions import AppJSONParser
-from kasparro.schemas import EtlRunRequestSchema, EtlRunResponseSchema
+from kasparro.schemas.etl import EtlRunRequestSchema, EtlRunResponseSchema
 
 blp = Blueprint("etl", __name__, description="Run control")
 # Bodies are decoded by the app's JSON provider, which turns any undecodable body into a 400.
@@ -58,8 +58,7 @@ def admin_only(view):
 @blp.alt_response(
     503,
     schema=ErrorSchema,
-    description="Run control is disabled (no ETL_ADMIN_TOKEN), the task queue is unreachable, "
-    "or the database is unreachable",
+    description="Run control is disabled (no ETL_ADMIN_TOKEN), the task queue is unreachable",
 )
 def start_runs(body):
     """Start a run of each requested source (default all); in-process when there is no broker."""

@@ -10,7 +10,7 @@ from kasparro.extensions import db
 from kasparro.models import RunStatus
 from kasparro.read.sources import source_health
 from kasparro.routes.kept_answers import kept_value
-from kasparro.schemas import HealthSchema
+from kasparro.schemas.health import HealthSchema
 
 blp = Blueprint("health", __name__, description="Service health")
 log = structlog.get_logger(__name__)
