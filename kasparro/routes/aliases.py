@@ -1,13 +1,12 @@
 """What did not resolve, and the aliases an operator adds to resolve it."""
 
-import functools
 import math
 
-from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
+from kasparro.access import admin_token
 from kasparro.etl.assets import (
     AliasConflict,
     UnknownAsset,
@@ -17,7 +16,6 @@ from kasparro.etl.assets import (
 )
 from kasparro.extensions import AppJSONParser, db
 from kasparro.routes.errors import abort_naming
-from kasparro.routes.etl import admin_only
 from kasparro.routes.kept_answers import kept_answer
 from kasparro.schemas.aliases import (
     AliasAddedSchema,
@@ -31,19 +29,6 @@ from kasparro.schemas.aliases import (
 blp = Blueprint("aliases", __name__, description="What did not resolve, and aliases")
 # Bodies are decoded by the app's JSON provider, which turns any undecodable body into a 400.
 blp.ARGUMENTS_PARSER = AppJSONParser()
-
-
-def corrections_admin_only(view):
-    """Check the admin token before ``view``, saying what is disabled when none is set."""
-    guarded = admin_only(view)
-
-    @functools.wraps(view)
-    def checked(*args, **kwargs):
-        if not current_app.config["ETL_ADMIN_TOKEN"]:
-            abort(503, message="corrections over HTTP are disabled: ETL_ADMIN_TOKEN is not set")
-        return guarded(*args, **kwargs)
-
-    return checked
 
 
 @blp.route("/assets/unresolved")
@@ -81,7 +66,7 @@ class Aliases(MethodView):
         """List the aliases, oldest first."""
         return _aliases(args)
 
-    @corrections_admin_only  # outside the body parsing: without the token, nothing of it is told
+    @admin_token.required(disabled="corrections over HTTP are disabled")  # above the body
     @blp.arguments(AliasRequestSchema)
     @blp.response(201, AliasAddedSchema, description="The alias was added")
     @blp.alt_response(200, schema=AliasAddedSchema, description="The same alias was there")
