@@ -1,4 +1,4 @@
-"""Assets as the API shows them: a searchable list, one asset across sources, and its history.
+"""Assets as the API shows them: a searchable list, and one asset across sources.
 
 Plain functions over a SQLAlchemy session; each returns the body of its route as plain Python
 values (decimals as ``Decimal``, times as aware datetimes), which the routes only serialise.
@@ -7,8 +7,8 @@ Every read is served by an index of ``unified_records`` and none grows with the 
 - the newest value of an (asset, source, metric) is one probe of
   ``ix_unified_asset_metric_timestamp_id`` read backwards, and the triples probed come from the
   maintained ``unified_counts`` (one row per asset, source and metric with observations);
-- a page of history reads only the observations of the buckets it returns, through the same
-  index;
+- a page of history (``kasparro.read.history``) reads only the observations of the buckets it
+  returns, through the same index;
 - the names an asset was resolved from are read from its newest ``RESOLVED_FROM_WINDOW``
   observations, through ``ix_unified_asset_timestamp_id``.
 """
