@@ -19,7 +19,7 @@ from kasparro.etl.sources import SOURCES
 from kasparro.etl.sources.csv_feed import CsvSource
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, RunStatus
-from kasparro.queries import source_health
+from kasparro.read.sources import source_health
 from kasparro.setting import raw_retention_setting
 
 # Tries of a remote source that cannot connect at all, in the run the app starts with.

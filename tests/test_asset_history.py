@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from kasparro.asset_views import asset_history
 from kasparro.extensions import db
+from kasparro.read.history import asset_history
 from tests.crafted import Crafted
 from tests.plans import executed_plans, unified_indexes
 

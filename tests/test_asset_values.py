@@ -5,9 +5,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from kasparro.asset_values import consensus, latest_values
 from kasparro.extensions import db
 from kasparro.models import UnifiedRecord
+from kasparro.read.values import consensus, latest_values
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from kasparro.asset_values import latest_values
-from kasparro.asset_views import list_assets, newest_values, resolved_from
 from kasparro.extensions import db
 from kasparro.models import AssetAlias
+from kasparro.read.assets import list_assets, newest_values, resolved_from
+from kasparro.read.values import latest_values
 from tests.crafted import Crafted
 from tests.plans import executed_plans, unified_indexes, unified_scans
 
@@ -104,7 +104,7 @@ def test_an_asset_shows_the_names_it_was_resolved_from_and_its_aliases(client, b
 
 
 def test_the_names_are_read_from_the_newest_observations_only(app, bitcoin, monkeypatch):
-    monkeypatch.setattr("kasparro.asset_views.RESOLVED_FROM_WINDOW", 6)
+    monkeypatch.setattr("kasparro.read.assets.RESOLVED_FROM_WINDOW", 6)
 
     # The two oldest, csv1's "XBT" rows at -4 h and -5 h, are outside the newest six.
     assert {(r["source"], r["name"]) for r in resolved_from(db.session, "bitcoin")} == {
@@ -289,7 +289,7 @@ def test_newest_values_are_index_probes_on_postgresql(filled_assets, read):
 
 
 def test_the_names_are_a_bounded_index_read_on_postgresql(filled_assets, monkeypatch):
-    monkeypatch.setattr("kasparro.asset_views.RESOLVED_FROM_WINDOW", 10)
+    monkeypatch.setattr("kasparro.read.assets.RESOLVED_FROM_WINDOW", 10)
 
     [plan] = executed_plans(lambda: resolved_from(db.session, "asset7"))
 

@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 
 import pytest
 
-from kasparro.asset_values import consensus
 from kasparro.etl.parsing import (
     MAX_DIGITS_AFTER_POINT,
     MAX_DIGITS_BEFORE_POINT,
@@ -24,8 +23,9 @@ from kasparro.etl.parsing import (
 )
 from kasparro.extensions import db
 from kasparro.models import Asset, EtlRun
+from kasparro.read.anomalies import KINDS
+from kasparro.read.values import consensus
 from kasparro.routes.dashboard import percent, usd, usd_compact
-from kasparro.run_analysis import KINDS
 from tests.coingecko_imitation import BASE_TIME, make_coin
 from tests.conftest import ADMIN_TOKEN
 from tests.csv_files import CSV1_HEADER, settle, write

@@ -15,7 +15,7 @@ from kasparro.etl.versions import record_change
 from kasparro.extensions import db, kept
 from kasparro.models import DataVersion, UnifiedRecord
 from kasparro.routes.kept_answers import VERSION_READ_SECONDS
-from kasparro.schemas import DataQuerySchema
+from kasparro.schemas.data import DataQuerySchema
 from tests.csv_files import write
 
 APPENDED = "solana,Solana,122.1,2025-12-28T00:00:00Z\ncardano,Cardano,0.36,2025-12-28T00:00:00Z\n"

@@ -29,7 +29,7 @@ from kasparro.models import (
     UnifiedRecord,
     UnifiedTotal,
 )
-from kasparro.queries import EXACT_COUNT_LIMIT
+from kasparro.read.observations import EXACT_COUNT_LIMIT
 from tests.coingecko_imitation import BASE_TIME
 from tests.plans import executed_plan, nodes
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from kasparro.extensions import db
 from kasparro.models import UnifiedRecord
-from kasparro.queries import encode_cursor, page_unified_records
+from kasparro.read.observations import encode_cursor, page_unified_records
 from tests.plans import executed_plans, fill_unified_records, nodes
 
 ROWS = 30_000

@@ -11,11 +11,11 @@ from decimal import Decimal
 
 import pytest
 
-from kasparro import run_analysis
 from kasparro.etl.versions import record_change
 from kasparro.extensions import db
 from kasparro.models import EtlRun, RunStatus, UnifiedRecord
-from kasparro.run_analysis import robust_score
+from kasparro.read import anomalies as read_anomalies
+from kasparro.read.run_outliers import robust_score
 
 BASE = datetime(2025, 6, 10, tzinfo=UTC)  # long before any test runs
 SINCE = (BASE - timedelta(days=30)).isoformat()
@@ -114,7 +114,7 @@ def test_a_normal_series_gives_no_anomalies(app, client):
 
     assert body["anomalies"] == []
     assert body["next_cursor"] is None
-    assert body["kinds"] == list(run_analysis.KINDS)
+    assert body["kinds"] == list(read_anomalies.KINDS)
     assert body["thresholds"] == {
         "mad": 3.5,
         "history_runs": 20,
@@ -168,7 +168,7 @@ def test_a_reprocess_is_neither_judged_nor_part_of_a_history(app, client, rows_r
     after = add_run("csv1", 21, rows_read=1000, duration_ms=5000)
 
     body = anomalies(client, since=reprocess.started_at.isoformat())
-    history = run_analysis._histories(db.session, [after], 20)[after.id]
+    history = read_anomalies._histories(db.session, [after], 20)[after.id]
 
     assert body["anomalies"] == []
     assert reprocess not in history and len(history) == 20
@@ -341,9 +341,9 @@ def test_pages_walk_every_anomaly_once_in_order_whatever_a_page_reads(app, clien
     )
     assert whole["next_cursor"] is None
     # Pages that read one run, two observations, one asset pair at a time, one anomaly each.
-    monkeypatch.setattr(run_analysis, "RUNS_PER_PAGE", 1)
-    monkeypatch.setattr(run_analysis, "JUMP_ROWS_PER_PAGE", 2)
-    monkeypatch.setattr(run_analysis, "PAIRS_PER_PAGE", 1)
+    monkeypatch.setattr(read_anomalies, "RUNS_PER_PAGE", 1)
+    monkeypatch.setattr(read_anomalies, "JUMP_ROWS_PER_PAGE", 2)
+    monkeypatch.setattr(read_anomalies, "PAIRS_PER_PAGE", 1)
 
     walked, cursor, pages = [], None, 0
     while True:

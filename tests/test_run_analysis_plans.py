@@ -10,11 +10,13 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from kasparro import run_analysis
 from kasparro.db_types import utcnow
 from kasparro.extensions import db
 from kasparro.models import EtlRun
-from kasparro.run_analysis import AnomalyQuery, Thresholds, movers
+from kasparro.read import anomalies as read_anomalies
+from kasparro.read.anomalies import AnomalyQuery
+from kasparro.read.run_outliers import Thresholds
+from kasparro.read.runs import movers
 from tests.plans import executed_plans, unified_scans
 
 ROWS = 30_000
@@ -89,15 +91,15 @@ def test_a_page_of_jumps_reads_a_bounded_number_of_observations_through_indexes(
 ):
     # A page's share of this small table as the default's is of a million rows or more:
     # the planner reads a large share of a small table whole, as it should.
-    monkeypatch.setattr(run_analysis, "JUMP_ROWS_PER_PAGE", 200)
+    monkeypatch.setattr(read_anomalies, "JUMP_ROWS_PER_PAGE", 200)
     query = AnomalyQuery(filled - timedelta(days=1), None, THRESHOLDS)
 
-    plans = executed_plans(lambda: run_analysis._scan_jumps(db.session, query, None))
+    plans = executed_plans(lambda: read_anomalies._scan_jumps(db.session, query, None))
 
     scans = [scan for plan in plans for scan in unified_scans(plan)]
     assert all(node["Node Type"] != "Seq Scan" for node in scans), plans
     assert "ix_unified_asset_metric_timestamp_id" in {node.get("Index Name") for node in scans}
     # A page reads JUMP_ROWS_PER_PAGE observations, each with a probe that may pass other
     # sources' rows of the same asset metric before reaching its own, then the ones found.
-    budget = run_analysis.JUMP_ROWS_PER_PAGE
+    budget = read_anomalies.JUMP_ROWS_PER_PAGE
     assert rows_read(scans) <= budget * 6, rows_read(scans)

@@ -1,13 +1,12 @@
 """What did not resolve, and the aliases an operator adds to resolve it."""
 
-import functools
 import math
 
-from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
+from kasparro.access import admin_token
 from kasparro.etl.assets import (
     AliasConflict,
     UnknownAsset,
@@ -17,9 +16,8 @@ from kasparro.etl.assets import (
 )
 from kasparro.extensions import AppJSONParser, db
 from kasparro.routes.errors import abort_naming
-from kasparro.routes.etl import admin_only
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.schemas import (
+from kasparro.schemas.aliases import (
     AliasAddedSchema,
     AliasListSchema,
     AliasQuerySchema,
@@ -33,24 +31,10 @@ blp = Blueprint("aliases", __name__, description="What did not resolve, and alia
 blp.ARGUMENTS_PARSER = AppJSONParser()
 
 
-def corrections_admin_only(view):
-    """Check the admin token before ``view``, saying what is disabled when none is set."""
-    guarded = admin_only(view)
-
-    @functools.wraps(view)
-    def checked(*args, **kwargs):
-        if not current_app.config["ETL_ADMIN_TOKEN"]:
-            abort(503, message="corrections over HTTP are disabled: ETL_ADMIN_TOKEN is not set")
-        return guarded(*args, **kwargs)
-
-    return checked
-
-
 @blp.route("/assets/unresolved")
 @blp.response(200, UnresolvedPageSchema)
 @kept_answer()
 @blp.arguments(UnresolvedQuerySchema(), location="query")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_unresolved(args):
     """List the observations that did not resolve, by source, name and symbol, most first."""
     return _unresolved(args)
@@ -78,12 +62,11 @@ class Aliases(MethodView):
     @blp.response(200, AliasListSchema)
     @kept_answer()
     @blp.arguments(AliasQuerySchema(), location="query")
-    @blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
     def get(self, args):
         """List the aliases, oldest first."""
         return _aliases(args)
 
-    @corrections_admin_only  # outside the body parsing: without the token, nothing of it is told
+    @admin_token.required(disabled="corrections over HTTP are disabled")  # above the body
     @blp.arguments(AliasRequestSchema)
     @blp.response(201, AliasAddedSchema, description="The alias was added")
     @blp.alt_response(200, schema=AliasAddedSchema, description="The same alias was there")
@@ -97,8 +80,7 @@ class Aliases(MethodView):
     @blp.alt_response(
         503,
         schema=ErrorSchema,
-        description="Corrections over HTTP are disabled (no ETL_ADMIN_TOKEN), "
-        "or the database is unreachable",
+        description="Corrections over HTTP are disabled (no ETL_ADMIN_TOKEN)",
     )
     def post(self, body):
         """Add an alias, and resolve the past observations it matches."""

@@ -1,7 +1,8 @@
 """``GET /compare-runs`` and ``GET /anomalies``: run comparison and anomaly flags.
 
 Both answers change only with what the ETL commits, so they are kept like ``/stats``'s
-(``kasparro.routes.kept_answers``); the logic is in ``kasparro.run_analysis``.
+(``kasparro.routes.kept_answers``); the logic is in ``kasparro.read.runs`` and
+``kasparro.read.anomalies``.
 """
 
 from flask import current_app
@@ -9,19 +10,13 @@ from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
-from kasparro.queries import InvalidCursor
+from kasparro.read.anomalies import KINDS, find_anomalies
+from kasparro.read.cursors import InvalidCursor
+from kasparro.read.run_outliers import Thresholds
+from kasparro.read.runs import InvalidComparison, RunNotFound, compare_runs, pick_runs
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.run_analysis import (
-    KINDS,
-    InvalidComparison,
-    RunNotFound,
-    Thresholds,
-    compare_runs,
-    find_anomalies,
-    pick_runs,
-)
-from kasparro.schemas import (
+from kasparro.schemas.analysis import (
     AnomaliesQuerySchema,
     AnomalyPageSchema,
     CompareRunsQuerySchema,
@@ -36,7 +31,6 @@ blp = Blueprint("analysis", __name__, description="Run comparison and anomaly fl
 @kept_answer()
 @blp.arguments(CompareRunsQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(404, schema=ErrorSchema, description="A run is unknown, or has no predecessor")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_compare_runs(args):
     """Compare two runs of a source: counts, duration, rejected rate, drift and movers."""
     return _comparison(args)
@@ -59,7 +53,6 @@ def _comparison(args) -> dict:
 @kept_answer()
 @blp.arguments(AnomaliesQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_anomalies(args):
     """List runs far from their source's history, value jumps and cross-source disagreements."""
     return _anomalies(args)

@@ -3,12 +3,13 @@
 from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
-from kasparro.asset_views import asset_detail, asset_history, list_assets
 from kasparro.extensions import db
-from kasparro.queries import InvalidCursor
+from kasparro.read.assets import asset_detail, list_assets
+from kasparro.read.cursors import InvalidCursor
+from kasparro.read.history import asset_history
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.schemas import (
+from kasparro.schemas.assets import (
     AssetDetailSchema,
     AssetListSchema,
     AssetsQuerySchema,
@@ -20,7 +21,6 @@ blp = Blueprint(
     "assets", __name__, description="Assets: latest values, consensus, history and corrections"
 )
 
-DATABASE_DOWN = {"schema": ErrorSchema, "description": "The database is unreachable"}
 NO_SUCH_ASSET = {"schema": ErrorSchema, "description": "No asset has this id"}
 
 
@@ -28,7 +28,6 @@ NO_SUCH_ASSET = {"schema": ErrorSchema, "description": "No asset has this id"}
 @blp.response(200, AssetListSchema)
 @kept_answer()
 @blp.arguments(AssetsQuerySchema(), location="query")  # one schema, not one per request
-@blp.alt_response(503, **DATABASE_DOWN)
 def get_assets(args):
     """List assets with their consensus price, 24 h change, spread and market cap."""
     return list_assets(db.session, **args)
@@ -38,7 +37,6 @@ def get_assets(args):
 @blp.response(200, AssetDetailSchema)
 @kept_answer()
 @blp.alt_response(404, **NO_SUCH_ASSET)
-@blp.alt_response(503, **DATABASE_DOWN)
 def get_asset(asset_id):
     """Show an asset across sources: newest values, consensus, reports and names."""
     return _found(asset_detail(db.session, asset_id))
@@ -50,7 +48,6 @@ def get_asset(asset_id):
 @blp.arguments(HistoryQuerySchema(), location="query")
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
 @blp.alt_response(404, **NO_SUCH_ASSET)
-@blp.alt_response(503, **DATABASE_DOWN)
 def get_asset_history(args, asset_id):
     """Show an asset's open, high, low and close per 5m, 1h or 1d bucket, paged by cursor."""
     return _history(asset_id, args)

@@ -7,10 +7,11 @@ from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
-from kasparro.queries import InvalidCursor, page_unified_records
+from kasparro.read.cursors import InvalidCursor
+from kasparro.read.observations import page_unified_records
 from kasparro.routes.errors import abort_naming
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.schemas import DataPageSchema, DataQuerySchema
+from kasparro.schemas.data import DataPageSchema, DataQuerySchema
 
 blp = Blueprint("data", __name__, description="Unified market observations")
 
@@ -27,7 +28,6 @@ def _meta(started: float) -> dict:
 @kept_answer(_meta)
 @blp.arguments(DataQuerySchema(), location="query")  # one schema, not one per request
 @blp.alt_response(400, schema=ErrorSchema, description="The cursor is not valid")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_data(args):
     """List observations, newest first, by page or by cursor."""
     return _page(args)  # without its per-request "meta": what may be kept and served again

@@ -1,8 +1,9 @@
 """The errors any request can get, declared once for the whole OpenAPI document.
 
 Every route holds a request to the request limits (kasparro/routes/request_limits.py) before it
-reads it, and every rate-limited blueprint answers 429. Rather than each route repeating those
-answers, an apispec plugin adds them to every operation as flask-smorest documents it.
+reads it, every rate-limited blueprint answers 429, and every route that reads the database
+answers 503 when it is unreachable (kasparro/routes/errors.py). Rather than each route repeating
+those answers, an apispec plugin adds them to every operation as flask-smorest documents it.
 """
 
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from kasparro.routes.request_limits import (
     MAX_QUERY_STRING,
     MAX_REQUEST_LINE,
 )
-from kasparro.schemas import RETRY_AFTER
+from kasparro.schemas.common import RETRY_AFTER
 
 ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 NOT_UTF8 = "the query string is not valid UTF-8"
@@ -26,6 +27,9 @@ EVERY_OPERATION = {
     "431": f"More than {MAX_HEADER_FIELDS} header fields, "
     f"or one over {MAX_HEADER_FIELD_BYTES} bytes",
 }
+DATABASE_DOWN = "the database is unreachable"
+# Blueprints none of whose routes reads the database: /metrics serves the processes' counters.
+READS_NO_DATABASE = frozenset({"metrics"})
 RATE_LIMITED = {"description": "Rate limited", "headers": RETRY_AFTER, "content": ERROR_CONTENT}
 
 
@@ -34,8 +38,17 @@ def error_response(description: str) -> dict:
     return {"description": description, "content": ERROR_CONTENT}
 
 
+def add_database_down(responses: dict) -> None:
+    """Declare the 503 of an unreachable database; a route's own 503 gets it as one more cause."""
+    own = responses.get("503", {}).get("description")
+    if own is None:
+        responses["503"] = error_response(DATABASE_DOWN[0].upper() + DATABASE_DOWN[1:])
+    elif DATABASE_DOWN not in own.lower():  # /health's own 503 says it, with its own body
+        responses["503"]["description"] = f"{own}, or {DATABASE_DOWN}"
+
+
 class DocumentedErrors(BasePlugin):
-    """Add to each operation the 400, 414 and 431 of the request limits, and 429 where limited."""
+    """Add to each operation the request limits' 400, 414, 431; 429 and 503 where they apply."""
 
     def __init__(self, rate_limited: Iterable[str]):
         self.rate_limited = frozenset(rate_limited)
@@ -50,6 +63,8 @@ class DocumentedErrors(BasePlugin):
                 str(code): answer for code, answer in operation.get("responses", {}).items()
             }
             operation["responses"] = responses
+            if blueprint not in READS_NO_DATABASE:
+                add_database_down(responses)
             for status, description in EVERY_OPERATION.items():
                 responses[status] = error_response(description)
             own = responses.get("400", {}).get("description")

@@ -1,52 +1,23 @@
 """``POST /etl/run``: start runs over HTTP, behind a bearer token checked before the body."""
 
-import functools
-import hmac
-
-from flask import current_app, request
+from flask import current_app
 from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 
+from kasparro.access import admin_token
 from kasparro.celery_app import broker_reachable
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
 from kasparro.etl.runs import SourceBusy
 from kasparro.extensions import AppJSONParser
-from kasparro.schemas import EtlRunRequestSchema, EtlRunResponseSchema
+from kasparro.schemas.etl import EtlRunRequestSchema, EtlRunResponseSchema
 
 blp = Blueprint("etl", __name__, description="Run control")
 # Bodies are decoded by the app's JSON provider, which turns any undecodable body into a 400.
 blp.ARGUMENTS_PARSER = AppJSONParser()
 
 
-def require_admin_token() -> None:
-    """Abort unless the request carries ``Authorization: Bearer <ETL_ADMIN_TOKEN>``."""
-    expected = current_app.config["ETL_ADMIN_TOKEN"]
-    if not expected:
-        abort(503, message="run control over HTTP is disabled: ETL_ADMIN_TOKEN is not set")
-    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not supplied.strip():
-        abort(
-            401,
-            message="send Authorization: Bearer <ETL_ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": 'Bearer realm="kasparro"'},
-        )
-    if not hmac.compare_digest(supplied.strip().encode(), expected.encode()):
-        abort(403, message="the bearer token is not valid")
-
-
-def admin_only(view):
-    """Check the admin token before ``view`` (and the body parsing it wraps) runs."""
-
-    @functools.wraps(view)
-    def guarded(*args, **kwargs):
-        require_admin_token()
-        return view(*args, **kwargs)
-
-    return guarded
-
-
 @blp.route("/etl/run", methods=["POST"])
-@admin_only  # outside the body parsing: a caller without the token learns nothing of the schema
+@admin_token.required(disabled="run control over HTTP is disabled")  # above the body parsing
 @blp.arguments(EtlRunRequestSchema, required=False)
 @blp.response(202, EtlRunResponseSchema)
 @blp.alt_response(400, schema=ErrorSchema, description="The body is not valid JSON")
@@ -58,8 +29,7 @@ def admin_only(view):
 @blp.alt_response(
     503,
     schema=ErrorSchema,
-    description="Run control is disabled (no ETL_ADMIN_TOKEN), the task queue is unreachable, "
-    "or the database is unreachable",
+    description="Run control is disabled (no ETL_ADMIN_TOKEN), the task queue is unreachable",
 )
 def start_runs(body):
     """Start a run of each requested source (default all); in-process when there is no broker."""

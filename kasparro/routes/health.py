@@ -8,9 +8,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from kasparro.celery_app import broker_reachable
 from kasparro.extensions import db
 from kasparro.models import RunStatus
-from kasparro.queries import source_health
+from kasparro.read.sources import source_health
 from kasparro.routes.kept_answers import kept_value
-from kasparro.schemas import HealthSchema
+from kasparro.schemas.health import HealthSchema
 
 blp = Blueprint("health", __name__, description="Service health")
 log = structlog.get_logger(__name__)

@@ -6,8 +6,8 @@ from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
 from kasparro.models import EtlRun
-from kasparro.run_analysis import MAX_RUN_ID
-from kasparro.schemas import RunListSchema, RunSchema, RunsQuerySchema
+from kasparro.read.runs import MAX_RUN_ID
+from kasparro.schemas.runs import RunListSchema, RunSchema, RunsQuerySchema
 
 blp = Blueprint("runs", __name__, description="The ETL run log")
 
@@ -15,7 +15,6 @@ blp = Blueprint("runs", __name__, description="The ETL run log")
 @blp.route("/runs")
 @blp.arguments(RunsQuerySchema(), location="query")  # one schema, not one per request
 @blp.response(200, RunListSchema)
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def list_runs(args):
     """List runs, newest first."""
     query = sa.select(EtlRun).order_by(EtlRun.id.desc()).limit(args["limit"])
@@ -28,7 +27,6 @@ def list_runs(args):
 @blp.route("/runs/<int:run_id>")
 @blp.response(200, RunSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No run has this id")
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_run(run_id):
     """Show one run: status, counts, checkpoints and error."""
     run = db.session.get(EtlRun, run_id) if run_id <= MAX_RUN_ID else None

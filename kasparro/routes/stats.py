@@ -1,12 +1,11 @@
 """``GET /stats``: per-source totals and run history."""
 
 from flask_smorest import Blueprint
-from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.extensions import db
-from kasparro.queries import source_stats
+from kasparro.read.sources import source_stats
 from kasparro.routes.kept_answers import kept_answer
-from kasparro.schemas import StatsSchema
+from kasparro.schemas.stats import StatsSchema
 
 blp = Blueprint("stats", __name__, description="Per-source statistics")
 
@@ -14,7 +13,6 @@ blp = Blueprint("stats", __name__, description="Per-source statistics")
 @blp.route("/stats")
 @blp.response(200, StatsSchema)
 @kept_answer()
-@blp.alt_response(503, schema=ErrorSchema, description="The database is unreachable")
 def get_stats():
     """Report every source's records, runs, and last success and failure."""
     return _stats()

@@ -1,11 +1,9 @@
-"""Read-side queries the API serves: filtered pages, per-source statistics, health.
+"""Observations as GET /data serves them: a filtered page, newest first, and its total.
 
-Totals, statistics and health read the aggregates the database maintains (migration 0006), so
-that no request counts or groups a whole table.
+Totals read the aggregates the database maintains (migration 0006), so that no request counts a
+whole table.
 """
 
-import base64
-import binascii
 import json
 import math
 from dataclasses import dataclass
@@ -13,21 +11,18 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from kasparro.etl.sources import SOURCES
 from kasparro.input_fields import AwareDateTime, WholeNumber
 from kasparro.models import (
-    EtlRun,
-    RejectedCount,
-    RunSummary,
     UnifiedCount,
     UnifiedRecord,
     UnifiedTotal,
 )
+from kasparro.read.cursors import MAX_ID, pack_cursor, unpack_cursor
 
 FILTER_COLUMNS = {
     "source": UnifiedRecord.source,
@@ -35,35 +30,6 @@ FILTER_COLUMNS = {
     "symbol": UnifiedRecord.symbol,
     "metric": UnifiedRecord.metric,
 }
-
-
-MAX_ID = 2**63 - 1
-
-
-class InvalidCursor(ValueError):
-    """A cursor that this server did not issue."""
-
-
-NOT_ISSUED = "cursor is not one this server issued"
-
-
-def pack_cursor(fields: dict[str, Any]) -> str:
-    """Return ``fields`` as an opaque cursor: URL-safe base64 of their compact JSON."""
-    text = json.dumps(fields, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def unpack_cursor(cursor: str, contents: Schema, message: str = NOT_ISSUED) -> dict[str, Any]:
-    """Return a cursor's fields as ``contents`` loads them; InvalidCursor when either fails.
-
-    A client can forge any JSON in a cursor: ``contents`` checks it with the fields that check
-    query arguments, so what reaches a query is what this server could have issued.
-    """
-    try:
-        fields = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return contents.load(fields)
-    except (binascii.Error, ValueError, ValidationError, RecursionError):
-        raise InvalidCursor(message) from None
 
 
 class RecordPosition(Schema):
@@ -212,60 +178,3 @@ def maintained_total(session: Session, args: dict[str, Any]) -> int:
             sa.select(sa.func.coalesce(sa.func.sum(model.records), 0)).where(*conditions)
         )
     )
-
-
-def run_summaries(session: Session) -> dict[str, tuple[RunSummary, EtlRun | None]]:
-    """Return each source's maintained run summary with its newest run, found by primary key."""
-    summaries = session.scalars(sa.select(RunSummary)).all()
-    # Two small queries rather than a join: a join's plan depends on the summaries' statistics.
-    ids = [summary.last_run_id for summary in summaries if summary.last_run_id is not None]
-    runs = {run.id: run for run in session.scalars(sa.select(EtlRun).where(EtlRun.id.in_(ids)))}
-    return {summary.source: (summary, runs.get(summary.last_run_id)) for summary in summaries}
-
-
-def source_health(session: Session) -> tuple[EtlRun | None, dict[str, EtlRun]]:
-    """Return the newest run overall and the newest run of each source.
-
-    A SKIPPED attempt did no work: the run it collided with is the one that tells the state.
-    """
-    last_runs = {source: run for source, (_, run) in run_summaries(session).items() if run}
-    newest = max(last_runs.values(), key=lambda run: run.id, default=None)
-    return newest, last_runs
-
-
-def source_stats(session: Session) -> dict[str, dict[str, Any]]:
-    """Return totals and run history for every source, from the maintained aggregates."""
-    totals = {
-        source: (int(records), int(unresolved))
-        for source, records, unresolved in session.execute(
-            sa.select(
-                UnifiedTotal.source,
-                sa.func.sum(UnifiedTotal.records),
-                sa.func.sum(UnifiedTotal.unresolved),
-            ).group_by(UnifiedTotal.source)
-        )
-    }
-    rejected = {
-        source: records
-        for source, records in session.execute(
-            sa.select(RejectedCount.source, RejectedCount.records)
-        )
-    }
-    summaries = run_summaries(session)
-    stats = {}
-    for name in SOURCES:
-        records, unresolved = totals.get(name, (0, 0))
-        summary, last_run = summaries.get(name, (None, None))
-        stats[name] = {
-            "total_records": records,
-            "unresolved_records": unresolved,
-            "rejected_records": rejected.get(name, 0),
-            "records_processed": summary.records_processed if summary else 0,
-            "last_run": last_run,
-            "last_status": getattr(last_run, "status", None),
-            "last_duration_ms": getattr(last_run, "duration_ms", None),
-            "last_success_at": getattr(summary, "last_success_at", None),
-            "last_failure_at": getattr(summary, "last_failure_at", None),
-            "run_counts": summary.run_counts() if summary else {},
-        }
-    return stats
