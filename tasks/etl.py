@@ -1,4 +1,8 @@
-"""The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and scheduled starts.
+"""The per-source chain ``etl.ingest`` → ``etl.finish_run``, and scheduled starts.
+
+The names of the previous release, ``etl.extract`` and ``etl.transform_and_upsert``, stay
+registered for one release as aliases of the same tasks, so that a chain queued before an
+upgrade still finishes its run (docs/operations/orchestration.md, "Upgrading").
 
 Every line a task logs, its own, the pipeline's, a library's and Celery's account of how it
 ended, carries ``task_id`` and, for a run's task, ``run_id`` and ``source``: they are bound when
@@ -18,7 +22,13 @@ from celery.exceptions import Ignore
 from celery.signals import task_failure, task_postrun, task_prerun
 from flask import current_app
 
-from kasparro.dispatch import EXTRACT_TASK, TRANSFORM_TASK, dispatch_run
+from kasparro.dispatch import (
+    FINISH_TASK,
+    INGEST_TASK,
+    LEGACY_FINISH_TASK,
+    LEGACY_INGEST_TASK,
+    dispatch_run,
+)
 from kasparro.etl import pipeline
 from kasparro.etl.runs import SourceBusy, fail_run
 from kasparro.etl.sources.base import ReadReport
@@ -110,33 +120,42 @@ def _ensure_running(run_id: int) -> None:
         raise Ignore()  # acknowledged: the message does not come back
 
 
-@shared_task(name=EXTRACT_TASK)
-def extract(*args: Any) -> dict[str, Any]:
-    """Extract a run's source into its raw table; return the run id and the read report.
+@shared_task(name=INGEST_TASK)
+def ingest(run_id: int) -> dict[str, Any]:
+    """Read, store and load a run's source batch by batch; return the run id and read report.
 
-    The run id is the last argument: a message queued by an earlier version, still waiting in
-    the broker when it was upgraded, also names the source first.
-
-    Transient upstream failures are retried inside the extraction, with backoff, jitter and a
-    budget (kasparro.etl.http_client); what still fails here fails the run.
+    Transient upstream failures are retried inside the read, with backoff, jitter and a budget
+    (kasparro.etl.http_client); what still fails here fails the run.
     """
-    run_id = args[-1]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
-        report = pipeline.extract(db.session, run_id, current_app.config)
+        report = pipeline.ingest(db.session, run_id, current_app.config)
     return {"run_id": run_id, "report": report.to_json()}
 
 
-@shared_task(name=TRANSFORM_TASK)
-def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
-    """Transform the run's raw rows into unified rows and finish the run."""
-    run_id = extracted["run_id"]
+@shared_task(name=FINISH_TASK)
+def finish_run(ingested: dict[str, Any]) -> dict[str, Any]:
+    """Load raw rows an earlier version left unloaded, and close the run with its status."""
+    run_id = ingested["run_id"]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
-        # An earlier version called the report "context"; its fields were the same.
-        report = ReadReport.from_json(extracted.get("report") or extracted.get("context") or {})
-        status = pipeline.transform_and_upsert(db.session, run_id, report, current_app.config)
+        report = ReadReport.from_json(ingested["report"])
+        status = pipeline.finish_run(db.session, run_id, report, current_app.config)
     return {"run_id": run_id, "status": status}
+
+
+# The previous release's names, for chains it queued (to be removed in the next release).
+@shared_task(name=LEGACY_INGEST_TASK)
+def extract(*args: Any) -> dict[str, Any]:
+    """``etl.ingest`` under its former name; an even older message named the source first."""
+    return ingest.run(args[-1])
+
+
+@shared_task(name=LEGACY_FINISH_TASK)
+def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
+    """``etl.finish_run`` under its former name; an older result called the report "context"."""
+    report = extracted.get("report") or extracted.get("context") or {}
+    return finish_run.run({"run_id": extracted["run_id"], "report": report})
 
 
 @shared_task(name="etl.scheduled_run")
@@ -177,6 +196,8 @@ def record_lost_worker(sender=None, task_id=None, exception=None, args=None, **k
 
 
 _RUN_ID_OF = {
+    ingest.name: lambda args: args[0],
+    finish_run.name: lambda args: args[0]["run_id"],
     extract.name: lambda args: args[-1],
     transform_and_upsert.name: lambda args: args[0]["run_id"],
 }

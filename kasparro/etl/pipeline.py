@@ -1,9 +1,9 @@
-"""The two stages of a run, as plain functions: extract and load, then finish.
+"""The two stages of a run, as plain functions: ``ingest``, then ``finish_run``.
 
-The extract reads the source and loads each batch as it reads it: the batch's raw rows, its
+``ingest`` reads the source and loads each batch as it reads it: the batch's raw rows, its
 unified rows and rejections, and the checkpoint that covers them commit in one transaction, so
-a crash anywhere leaves all of them or none, and the next run resumes from the checkpoint. The
-second stage loads raw rows that an earlier version stored without loading, then finishes the
+a crash anywhere leaves all of them or none, and the next run resumes from the checkpoint.
+``finish_run`` loads raw rows that an earlier version stored without loading, then closes the
 run.
 
 A caller that shows progress passes a ``progress`` callback: it gets a ``ReadProgress`` after
@@ -22,12 +22,13 @@ import structlog
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
+from kasparro.etl import runs
 from kasparro.etl.assets import AssetResolver, CurrentResolver, upsert_assets
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
 from kasparro.etl.parsing import InvalidValue, check_text, storable
 from kasparro.etl.read_ahead import read_ahead
-from kasparro.etl.runs import fail_run, finish_run, heartbeat_or_abandon, start_run
+from kasparro.etl.runs import fail_run, heartbeat_or_abandon, start_run
 from kasparro.etl.sources import get_source
 from kasparro.etl.sources.base import Observation, RawRow, ReadReport, Source
 from kasparro.etl.versions import record_change
@@ -58,7 +59,7 @@ def _file_position(source: Source, batch: list[RawRow]) -> tuple[int | None, int
     return offset, max(offset, os.stat(source.path).st_size)  # the file may grow while read
 
 
-def extract(
+def ingest(
     session: Session,
     run_id: int,
     settings: dict[str, Any],
@@ -69,7 +70,7 @@ def extract(
     A batch's raw rows, its unified rows and rejections and the checkpoint that covers them
     commit in one transaction, from the rows in memory: nothing is read back. Raw rows stored
     but not loaded yet (by an earlier version, which loaded in a second pass) are loaded first
-    by ``transform_and_upsert``: until then this stage only stores what it reads.
+    by ``finish_run``: until then this stage only stores what it reads.
     """
     run = session.get_one(EtlRun, run_id)
     source = get_source(run.source, settings)
@@ -93,7 +94,7 @@ def extract(
             progress(replace(shown, finished=True))
     report = source.report()
     _record_read(session, run, report)
-    log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
+    log.info("etl.ingest.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
     return report
 
 
@@ -107,7 +108,7 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
         details["drift"] = events
     if report.pending:
         pending = asdict(report.pending)
-        log.info("etl.extract.pending", run_id=run.id, source=run.source, **pending)
+        log.info("etl.ingest.pending", run_id=run.id, source=run.source, **pending)
         details["pending"] = pending
     if details != (run.details or {}):
         run.details = details
@@ -115,7 +116,7 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
         session.commit()
 
 
-def transform_and_upsert(
+def finish_run(
     session: Session, run_id: int, report: ReadReport, settings: dict[str, Any]
 ) -> RunStatus:
     """Load raw rows stored but not loaded yet, batch by batch; finish the run."""
@@ -134,7 +135,7 @@ def transform_and_upsert(
         loader.load(raws, report)
     heartbeat_or_abandon(session, run)
     status = RunStatus.PARTIAL if run.rejected or report.incomplete else RunStatus.SUCCESS
-    return finish_run(session, run, status, loader.checkpoint.cursor, report.incomplete)
+    return runs.finish_run(session, run, status, loader.checkpoint.cursor, report.incomplete)
 
 
 class BatchLoader:
@@ -154,7 +155,7 @@ class BatchLoader:
     def left_over(self) -> bool:
         """Whether raw rows stored by an earlier version wait to be loaded (asked once, on store).
 
-        Only the extract stage asks, before it stores anything: the second stage finds those
+        Only ``ingest`` asks, before it stores anything: ``finish_run`` finds those
         rows by reading them.
         """
         model = self.source.raw_model
@@ -346,8 +347,8 @@ def run_source(
     run_id = start_run(session, source, trigger, settings, task_id)
     with structlog.contextvars.bound_contextvars(run_id=run_id, source=source):
         try:
-            report = extract(session, run_id, settings, progress)
-            transform_and_upsert(session, run_id, report, settings)
+            report = ingest(session, run_id, settings, progress)
+            finish_run(session, run_id, report, settings)
         except Exception as exc:  # every failure is recorded on the run, never lost
             fail_run(session, run_id, exc)
     return session.get_one(EtlRun, run_id)

@@ -52,7 +52,7 @@ class Pending:
 
 @dataclass
 class ReadReport:
-    """What a read learned, handed from the extract stage to the transform.
+    """What a read learned, handed from ``ingest`` to ``finish_run``.
 
     It crosses the task queue as JSON (``to_json``/``from_json``); in process it stays typed.
     """
