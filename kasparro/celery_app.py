@@ -7,7 +7,7 @@ import click
 import structlog
 from celery import Celery, Task, bootsteps
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.signals import setup_logging, worker_process_shutdown
+from celery.signals import setup_logging, task_postrun, worker_process_shutdown
 from flask import Flask
 
 from kasparro.metrics import (
@@ -27,9 +27,26 @@ def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app from ``celeryconfig``, run every task in the app context."""
 
     class FlaskTask(Task):
+        run_id_of = None
+        """A run's task: how to find the run id in its arguments (a static method)."""
+
         def __call__(self, *args, **kwargs):
+            """Run the task in the app context, every line it logs bound to it (and its run).
+
+            Celery writes its own line on how the task ended after this returns, so the context
+            is restored after that line, by ``restore_task_log_context``.
+            """
+            context = {"task_id": self.request.id}
+            if self.run_id_of is not None:
+                context["run_id"] = self.run_id_of(args)
+            self.request.log_tokens = {}
+            self.bind_log_context(**context)
             with self.app_context():
                 return self.run(*args, **kwargs)
+
+        def bind_log_context(self, **values) -> None:
+            """Bind ``values`` to every line logged until the running task has ended."""
+            self.request.log_tokens.update(structlog.contextvars.bind_contextvars(**values))
 
         def app_context(self):
             """Return the Flask app context tasks run in (also for the worker's own handlers)."""
@@ -94,6 +111,15 @@ class MetricsServer(bootsteps.StartStopStep):
 @setup_logging.connect
 def keep_app_logging(**kwargs) -> None:
     """Leave logging as create_app set it (LOG_LEVEL, LOG_FORMAT): Celery would reset the level."""
+
+
+@task_postrun.connect
+def restore_task_log_context(task=None, **kwargs) -> None:
+    """Restore the log context the task started in (an eager task's caller's, say).
+
+    Sent after Celery's line on how the task ended, which carries the task's context too.
+    """
+    structlog.contextvars.reset_contextvars(**getattr(task.request, "log_tokens", {}))
 
 
 @worker_process_shutdown.connect
