@@ -14,7 +14,6 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,7 +29,14 @@ from kasparro.etl.parsing import InvalidValue, check_text, storable
 from kasparro.etl.read_ahead import read_ahead
 from kasparro.etl.runs import fail_run, heartbeat_or_abandon, start_run
 from kasparro.etl.sources import get_source
-from kasparro.etl.sources.base import Observation, RawRow, ReadReport, Source
+from kasparro.etl.sources.base import (
+    Observation,
+    RawRecord,
+    RawRow,
+    ReadReport,
+    Source,
+    StoredRaw,
+)
 from kasparro.etl.versions import record_change
 from kasparro.models import Checkpoint, EtlRun, RejectedRecord, RunStatus, UnifiedRecord
 
@@ -64,17 +70,19 @@ def ingest(
     run_id: int,
     settings: dict[str, Any],
     progress: ProgressCallback | None = None,
+    loader: "BatchLoader | None" = None,
 ) -> ReadReport:
     """Read the source past what is stored, loading each batch as it is read; return the report.
+
+    ``loader`` is the run's, when the caller runs both stages and hands it on to ``finish_run``.
 
     A batch's raw rows, its unified rows and rejections and the checkpoint that covers them
     commit in one transaction, from the rows in memory: nothing is read back. Raw rows stored
     but not loaded yet (by an earlier version, which loaded in a second pass) are loaded first
     by ``finish_run``: until then this stage only stores what it reads.
     """
-    run = session.get_one(EtlRun, run_id)
-    source = get_source(run.source, settings)
-    loader = BatchLoader(session, run, source, settings)
+    loader = loader or BatchLoader.for_run(session, run_id, settings)
+    run, source = loader.run, loader.source
     shown = ReadProgress(run.source, 0)
     try:
         with read_ahead(
@@ -117,12 +125,15 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
 
 
 def finish_run(
-    session: Session, run_id: int, report: ReadReport, settings: dict[str, Any]
+    session: Session,
+    run_id: int,
+    report: ReadReport,
+    settings: dict[str, Any],
+    loader: "BatchLoader | None" = None,
 ) -> RunStatus:
     """Load raw rows stored but not loaded yet, batch by batch; finish the run."""
-    run = session.get_one(EtlRun, run_id)
-    source = get_source(run.source, settings)
-    loader = BatchLoader(session, run, source, settings)
+    loader = loader or BatchLoader.for_run(session, run_id, settings)
+    run, source = loader.run, loader.source
     # Plain rows, not ORM objects: a raw record is only read here, never changed.
     columns = source.raw_model.__table__.c
     while raws := session.execute(
@@ -150,6 +161,12 @@ class BatchLoader:
         self.resolvers = CurrentResolver(settings["ASSETS_SEED_PATH"])
         self.processed = 0
         self.loaded_up_to = self.checkpoint.last_raw_id  # when the run began
+
+    @classmethod
+    def for_run(cls, session: Session, run_id: int, settings: dict[str, Any]) -> "BatchLoader":
+        """Build the loader of run ``run_id``, and the source it reads."""
+        run = session.get_one(EtlRun, run_id)
+        return cls(session, run, get_source(run.source, settings), settings)
 
     @functools.cached_property
     def left_over(self) -> bool:
@@ -183,13 +200,12 @@ class BatchLoader:
         run.rows_read += len(batch)
         raws = sorted(
             (
-                SimpleNamespace(id=raw_id, record_key=row.record_key, payload=row.payload,
-                                **row.columns)
+                StoredRaw.of(raw_id, row)
                 for row in batch
                 if (raw_id := new.get(row.record_key)) is not None
             ),
             key=lambda raw: raw.id,
-        )  # fmt: skip
+        )
         if raws and not self.left_over:
             self.load(raws, self.source.report())
         else:
@@ -202,7 +218,7 @@ class BatchLoader:
             self.failure.check(self.run.source, point)
             self.failure.check(self.run.source, "crash")
 
-    def load(self, raws: list[Any], report: ReadReport) -> None:
+    def load(self, raws: list[RawRecord], report: ReadReport) -> None:
         """Transform and upsert ``raws`` (in id order), move the checkpoint past them, commit."""
         session, run, source = self.session, self.run, self.source
         resolver = self.resolvers.get(session)  # an unchanged source never gets here
@@ -236,14 +252,14 @@ def transform_batch(
     session: Session,
     source: Source,
     run: EtlRun,
-    raws: list[Any],
+    raws: list[RawRecord],
     report: ReadReport,
     resolver: AssetResolver,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     source.prepare(session, raws)
     duplicates = source.duplicates(session, raws)
-    accepted: list[tuple[Any, list[Observation]]] = []
-    refused: list[tuple[Any, str]] = []
+    accepted: list[tuple[RawRecord, list[Observation]]] = []
+    refused: list[tuple[RawRecord, str]] = []
     for raw in raws:
         try:
             if raw.id in duplicates:
@@ -302,7 +318,7 @@ def check_storable(observation: Observation) -> None:
 
 
 def _rejections(
-    session: Session, source: Source, run: EtlRun, refused: list[tuple[Any, str]]
+    session: Session, source: Source, run: EtlRun, refused: list[tuple[RawRecord, str]]
 ) -> list[dict[str, Any]]:
     """Return the rejected_records rows of ``refused`` (raw, reason) records.
 
@@ -347,8 +363,9 @@ def run_source(
     run_id = start_run(session, source, trigger, settings, task_id)
     with structlog.contextvars.bound_contextvars(run_id=run_id, source=source):
         try:
-            report = ingest(session, run_id, settings, progress)
-            finish_run(session, run_id, report, settings)
+            loader = BatchLoader.for_run(session, run_id, settings)  # the source, built once
+            report = ingest(session, run_id, settings, progress, loader)
+            finish_run(session, run_id, report, settings, loader)
         except Exception as exc:  # every failure is recorded on the run, never lost
             fail_run(session, run_id, exc)
     return session.get_one(EtlRun, run_id)
