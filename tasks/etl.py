@@ -127,17 +127,16 @@ def finish_run(ingested: dict[str, Any]) -> dict[str, Any]:
 
 
 # The previous release's names, for chains it queued (to be removed in the next release).
-@shared_task(name=LEGACY_INGEST_TASK, run_id_of=staticmethod(lambda args: args[-1]))
-def extract(*args: Any) -> dict[str, Any]:
-    """``etl.ingest`` under its former name; an even older message named the source first."""
-    return ingest.run(args[-1])
+@shared_task(name=LEGACY_INGEST_TASK, run_id_of=staticmethod(lambda args: args[0]))
+def extract(run_id: int) -> dict[str, Any]:
+    """``etl.ingest`` under its former name."""
+    return ingest.run(run_id)
 
 
 @shared_task(name=LEGACY_FINISH_TASK, run_id_of=staticmethod(lambda args: args[0]["run_id"]))
 def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
-    """``etl.finish_run`` under its former name; an older result called the report "context"."""
-    report = extracted.get("report") or extracted.get("context") or {}
-    return finish_run.run({"run_id": extracted["run_id"], "report": report})
+    """``etl.finish_run`` under its former name."""
+    return finish_run.run(extracted)
 
 
 @shared_task(name="etl.scheduled_run")

@@ -119,7 +119,7 @@ def test_a_task_whose_whole_worker_dies_is_delivered_a_bounded_number_of_times(
     [
         (ingest, lambda run_id: [run_id]),
         (finish_run, lambda run_id: [{"run_id": run_id}]),
-        (extract, lambda run_id: ["csv1", run_id]),  # the former names, kept for one release
+        (extract, lambda run_id: [run_id]),  # the former names, kept for one release
         (transform_and_upsert, lambda run_id: [{"run_id": run_id}]),
     ],
     ids=["ingest", "finish_run", "extract", "transform_and_upsert"],
