@@ -23,8 +23,8 @@ BROKER_ANSWER_SECONDS = 1.0
 _answered_at: weakref.WeakKeyDictionary[Celery, float] = weakref.WeakKeyDictionary()
 
 
-def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app from ``celeryconfig``, run every task in the app context."""
+def _task_class(app: Flask) -> type[Task]:
+    """Return the task class of ``app``'s Celery app: every task runs in ``app``'s context."""
 
     class FlaskTask(Task):
         run_id_of = None
@@ -52,7 +52,12 @@ def celery_init_app(app: Flask) -> Celery:
             """Return the Flask app context tasks run in (also for the worker's own handlers)."""
             return app.app_context()
 
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    return FlaskTask
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Create the Celery app from ``celeryconfig``, run every task in the app context."""
+    celery_app = Celery(app.name, task_cls=_task_class(app))
     celery_app.config_from_object("celeryconfig")
     # A task whose worker process died is sent again a bounded number of times, then fails.
     celery_app.conf.task_annotations = {
@@ -62,6 +67,18 @@ def celery_init_app(app: Flask) -> Celery:
         }
     }
     celery_app.conf.update(app.config.get("CELERY", {}))
+    _add_metrics_server(celery_app)
+    if celery_app.conf.task_always_eager:
+        # Tasks run in this process: load them through celeryconfig's ``imports``, as a worker
+        # does, so that they are found by name (kasparro.dispatch) without importing tasks/.
+        celery_app.loader.import_default_modules()
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def _add_metrics_server(celery_app: Celery) -> None:
+    """Give the worker a ``--metrics-port`` option, and the step that serves it."""
     celery_app.user_options["worker"].add(
         click.Option(
             ["--metrics-port"],
@@ -71,13 +88,6 @@ def celery_init_app(app: Flask) -> Celery:
         )
     )
     celery_app.steps["worker"].add(MetricsServer)
-    if celery_app.conf.task_always_eager:
-        # Tasks run in this process: load them through celeryconfig's ``imports``, as a worker
-        # does, so that they are found by name (kasparro.dispatch) without importing tasks/.
-        celery_app.loader.import_default_modules()
-    celery_app.set_default()
-    app.extensions["celery"] = celery_app
-    return celery_app
 
 
 class MetricsServer(bootsteps.StartStopStep):

@@ -256,6 +256,21 @@ def transform_batch(
     report: ReadReport,
     resolver: AssetResolver,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Turn ``raws`` into unified rows and rejections; record the coins the accepted vouch for."""
+    accepted, refused = _observe(session, source, raws, report)
+    rejections = _rejections(session, source, run, refused)
+    # Only a record that loads vouches for a coin's identity.
+    known = [asset for raw, _ in accepted for asset in source.known_assets(raw, report)]
+    upsert_assets(session, known, origin=source.name)
+    for asset in known:
+        resolver.add(asset.id, asset.symbol, asset.name)
+    return _unified_rows(run, accepted, resolver), rejections
+
+
+def _observe(
+    session: Session, source: Source, raws: list[RawRecord], report: ReadReport
+) -> tuple[list[tuple[RawRecord, list[Observation]]], list[tuple[RawRecord, str]]]:
+    """Split ``raws`` into (raw, its observations) accepted and (raw, why) refused."""
     source.prepare(session, raws)
     duplicates = source.duplicates(session, raws)
     accepted: list[tuple[RawRecord, list[Observation]]] = []
@@ -272,12 +287,15 @@ def transform_batch(
             refused.append((raw, reason))
             continue
         accepted.append((raw, observations))
-    rejections = _rejections(session, source, run, refused)
-    # Only a record that loads vouches for a coin's identity.
-    known = [asset for raw, _ in accepted for asset in source.known_assets(raw, report)]
-    upsert_assets(session, known, origin=source.name)
-    for asset in known:
-        resolver.add(asset.id, asset.symbol, asset.name)
+    return accepted, refused
+
+
+def _unified_rows(
+    run: EtlRun,
+    accepted: list[tuple[RawRecord, list[Observation]]],
+    resolver: AssetResolver,
+) -> list[dict[str, Any]]:
+    """Return the unified rows of the accepted observations; count those with no known coin."""
     unified: list[dict[str, Any]] = []
     unresolved = 0
     run_id, source_name = run.id, run.source  # a mapped attribute is slow to ask per row
@@ -301,7 +319,7 @@ def transform_batch(
                 }
             )
     run.unresolved += unresolved
-    return unified, rejections
+    return unified
 
 
 # The longest text each column holds, read once: a mapped attribute is slow to ask per row.
