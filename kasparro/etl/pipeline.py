@@ -3,14 +3,12 @@
 ``ingest`` reads the source and loads each batch as it reads it: the batch's raw rows, its
 unified rows and rejections, and the checkpoint that covers them commit in one transaction, so
 a crash anywhere leaves all of them or none, and the next run resumes from the checkpoint.
-``finish_run`` loads raw rows that an earlier version stored without loading, then closes the
-run.
+``finish_run`` closes the run with its status.
 
 A caller that shows progress passes a ``progress`` callback: it gets a ``ReadProgress`` after
 each batch, never per row, and once more when the read ends.
 """
 
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -70,19 +68,23 @@ def ingest(
     run_id: int,
     settings: dict[str, Any],
     progress: ProgressCallback | None = None,
-    loader: "BatchLoader | None" = None,
 ) -> ReadReport:
     """Read the source past what is stored, loading each batch as it is read; return the report.
 
-    ``loader`` is the run's, when the caller runs both stages and hands it on to ``finish_run``.
-
     A batch's raw rows, its unified rows and rejections and the checkpoint that covers them
-    commit in one transaction, from the rows in memory: nothing is read back. Raw rows stored
-    but not loaded yet (by an earlier version, which loaded in a second pass) are loaded first
-    by ``finish_run``: until then this stage only stores what it reads.
+    commit in one transaction, from the rows in memory: nothing is read back. This is the one
+    place a run builds its source and its loader.
+
+    Raises LeftOverRows when raw rows an earlier version stored without loading wait: loading
+    after them would move the checkpoint past them (``load_left_over`` loads them).
     """
-    loader = loader or BatchLoader.for_run(session, run_id, settings)
+    loader = BatchLoader.for_run(session, run_id, settings)
     run, source = loader.run, loader.source
+    if _rows_wait(session, source.raw_model, loader.checkpoint.last_raw_id):
+        raise LeftOverRows(
+            f"raw rows of {run.source} stored by an earlier version wait to be loaded; "
+            "load them first with `flask etl load-left-over`"
+        )
     shown = ReadProgress(run.source, 0)
     try:
         with read_ahead(
@@ -125,28 +127,54 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
 
 
 def finish_run(
-    session: Session,
-    run_id: int,
-    report: ReadReport,
-    settings: dict[str, Any],
-    loader: "BatchLoader | None" = None,
+    session: Session, run_id: int, report: ReadReport, settings: dict[str, Any]
 ) -> RunStatus:
-    """Load raw rows stored but not loaded yet, batch by batch; finish the run."""
-    loader = loader or BatchLoader.for_run(session, run_id, settings)
-    run, source = loader.run, loader.source
-    # Plain rows, not ORM objects: a raw record is only read here, never changed.
-    columns = source.raw_model.__table__.c
-    while raws := session.execute(
-        sa.select(*columns)
-        .where(columns.id > loader.checkpoint.last_raw_id)
-        .order_by(columns.id)
-        .limit(settings["ETL_BATCH_SIZE"])
-    ).all():
-        loader.check_failure("before_load")
-        loader.load(raws, report)
+    """Close the run with its status: PARTIAL when it rejected records or stopped early."""
+    run = session.get_one(EtlRun, run_id)
+    checkpoint = session.get(Checkpoint, run.source)
     heartbeat_or_abandon(session, run)
     status = RunStatus.PARTIAL if run.rejected or report.incomplete else RunStatus.SUCCESS
-    return runs.finish_run(session, run, status, loader.checkpoint.cursor, report.incomplete)
+    cursor = checkpoint.cursor if checkpoint else {}
+    return runs.finish_run(session, run, status, cursor, report.incomplete)
+
+
+class LeftOverRows(RuntimeError):
+    """Raw rows an earlier version stored without loading wait to be loaded first."""
+
+
+def _rows_wait(session: Session, model: type, covered: int) -> bool:
+    """Return whether raw rows of ``model`` past the checkpoint's ``covered`` id are stored."""
+    return session.scalar(sa.select(model.id).where(model.id > covered).limit(1)) is not None
+
+
+def load_left_over(session: Session, source: str, settings: dict[str, Any]) -> EtlRun | None:
+    """Load the raw rows of ``source`` an earlier version stored without loading; a one-off.
+
+    An earlier version loaded in a second pass, so a run that stopped between its passes left
+    raw rows past the checkpoint. They are loaded in id order, in batches, by a run of their own,
+    which is returned; None when no row waits.
+    """
+    reader = get_source(source, settings)
+    checkpoint = session.get(Checkpoint, source)
+    if not _rows_wait(session, reader.raw_model, checkpoint.last_raw_id if checkpoint else 0):
+        return None
+    run_id = start_run(session, source, "cli", settings)
+    with structlog.contextvars.bound_contextvars(run_id=run_id, source=source):
+        try:
+            loader = BatchLoader(session, session.get_one(EtlRun, run_id), reader, settings)
+            # Plain rows, not ORM objects: a raw record is only read here, never changed.
+            columns = reader.raw_model.__table__.c
+            while raws := session.execute(
+                sa.select(*columns)
+                .where(columns.id > loader.checkpoint.last_raw_id)
+                .order_by(columns.id)
+                .limit(settings["ETL_BATCH_SIZE"])
+            ).all():
+                loader.load(raws, reader.stored_report(raws))
+            finish_run(session, run_id, ReadReport(), settings)
+        except Exception as exc:  # every failure is recorded on the run, never lost
+            fail_run(session, run_id, exc)
+    return session.get_one(EtlRun, run_id)
 
 
 class BatchLoader:
@@ -168,26 +196,10 @@ class BatchLoader:
         run = session.get_one(EtlRun, run_id)
         return cls(session, run, get_source(run.source, settings), settings)
 
-    @functools.cached_property
-    def left_over(self) -> bool:
-        """Whether raw rows stored by an earlier version wait to be loaded (asked once, on store).
-
-        Only ``ingest`` asks, before it stores anything: ``finish_run`` finds those
-        rows by reading them.
-        """
-        model = self.source.raw_model
-        waiting = sa.select(model.id).where(model.id > self.loaded_up_to).limit(1)
-        return self.session.scalar(waiting) is not None
-
     def store(self, batch: list[RawRow]) -> None:
-        """Store a batch as read and load its new records, in one transaction.
-
-        With raw rows left over from an earlier version, the batch is only stored: loading it
-        now would move the checkpoint past them.
-        """
+        """Store a batch as read and load its new records, in one transaction."""
         session, run, model = self.session, self.run, self.source.raw_model
-        if not self.left_over:
-            self.check_failure("before_load")
+        self.check_failure("before_load")
         new = insert_raw(session, model, batch, run.id)
         stored_keys = {row.record_key for row in batch} - set(new)
         if stored_keys:
@@ -206,7 +218,7 @@ class BatchLoader:
             ),
             key=lambda raw: raw.id,
         )
-        if raws and not self.left_over:
+        if raws:
             self.load(raws, self.source.report())
         else:
             heartbeat_or_abandon(session, run)
@@ -381,9 +393,8 @@ def run_source(
     run_id = start_run(session, source, trigger, settings, task_id)
     with structlog.contextvars.bound_contextvars(run_id=run_id, source=source):
         try:
-            loader = BatchLoader.for_run(session, run_id, settings)  # the source, built once
-            report = ingest(session, run_id, settings, progress, loader)
-            finish_run(session, run_id, report, settings, loader)
+            report = ingest(session, run_id, settings, progress)
+            finish_run(session, run_id, report, settings)
         except Exception as exc:  # every failure is recorded on the run, never lost
             fail_run(session, run_id, exc)
     return session.get_one(EtlRun, run_id)

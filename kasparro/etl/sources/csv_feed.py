@@ -39,7 +39,7 @@ class CoinNames:
 class CsvSource(CsvFileReader, Source):
     """A CSV file read as a stream from a byte offset, so appended rows cost only themselves.
 
-    A read resumes after the newest record stored, or else after the checkpoint. It checks
+    A read resumes after the checkpoint. It checks
     first that the file still holds what was read: the same header, and the same bytes up to
     that point (a fingerprint of the whole covered prefix, so an edit anywhere above it is
     seen). A file that fails the check was replaced or edited: it is read again from the top

@@ -68,7 +68,7 @@ class CsvFileReader:
     """The read side of a CSV source: a file read from a byte offset, so appended rows cost
     only themselves (``CsvSource`` adds what turns its rows into observations).
 
-    A read resumes after the newest record stored, or else after the checkpoint. It checks
+    A read resumes after the checkpoint. It checks
     first that the file still holds what was read: the same header, and the same bytes up to
     that point (a fingerprint of the whole covered prefix, so an edit anywhere above it is
     seen). A file that fails the check was replaced or edited: it is read again from the top
@@ -80,7 +80,7 @@ class CsvFileReader:
         encoding = ascii_compatible_encoding(
             self.settings[self.encoding_setting], self.encoding_setting
         )
-        resume = self._resume_point(session, checkpoint)
+        resume = checkpoint.cursor if checkpoint else None
         try:
             handle = open(self.path, "rb")
         except OSError as exc:
@@ -141,20 +141,6 @@ class CsvFileReader:
         if in_file_order != [name for name in self.columns if name in header]:
             fields.events.append({"kind": "reordered", "found": header, "action": "mapped by name"})
         return fields
-
-    def _resume_point(self, session: Session, checkpoint: Checkpoint | None) -> dict | None:
-        # Records read but not transformed yet (a failed run) are not read again.
-        model = self.raw_model
-        newest = session.scalar(
-            sa.select(model)
-            .where(model.id > (checkpoint.last_raw_id if checkpoint else 0))
-            .order_by(model.id.desc())
-            .limit(1)
-        )
-        if newest is None:
-            return checkpoint.cursor if checkpoint else None
-        self.prepare(session, [newest])
-        return self.advance({}, [newest], ReadReport())
 
     @staticmethod
     def _continues(
