@@ -12,7 +12,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
 from kasparro.etl.http_client import UpstreamUnreachable, connect_attempts
-from kasparro.etl.pipeline import ReadProgress, load_left_over, run_source
+from kasparro.etl.pipeline import (
+    ReadProgress,
+    fingerprint_checkpoint,
+    load_left_over,
+    run_source,
+)
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import SourceBusy, describe_error
 from kasparro.etl.sources import SOURCES
@@ -204,9 +209,15 @@ def status_command():
 
 @etl_cli.command("load-left-over")
 def load_left_over_command():
-    """Load raw rows an earlier version stored without loading (once, after upgrading)."""
+    """Take up what an earlier version left (once, after upgrading).
+
+    Raw rows it stored without loading are loaded; a file's checkpoint from before fingerprints
+    gets its fingerprint.
+    """
     failed = False
     for source in SOURCES:
+        if fingerprint_checkpoint(db.session, source, current_app.config):
+            click.echo(f"{source:<14} checkpoint fingerprinted")
         run = load_left_over(db.session, source, current_app.config)
         if run is None:
             click.echo(f"{source:<14} nothing left over")

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro.etl import pipeline
-from kasparro.etl.pipeline import load_left_over
+from kasparro.etl.pipeline import fingerprint_checkpoint, load_left_over
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecord, UnifiedRecord
 from tests.conftest import store_without_loading
@@ -444,3 +444,29 @@ def test_a_feed_declared_utf_8_sig_is_read_as_utf_8(app, run_etl, csv_paths):
     run = run_etl("csv2")["csv2"]
 
     assert (run.status, run.inserted) == ("PARTIAL", 12)
+
+
+@pytest.mark.parametrize(("source", "path_setting"), [("csv1", "CSV1_PATH"), ("csv2", "CSV2_PATH")])
+@pytest.mark.parametrize("file_kept", [True, False])
+def test_a_checkpoint_from_before_fingerprints_gets_its_fingerprint_once(
+    app, run_etl, csv_paths, source, path_setting, file_kept
+):
+    run_etl(source)
+    checkpoint = db.session.get(Checkpoint, source)
+    fingerprinted = dict(checkpoint.cursor)
+    # As a version before fingerprints wrote it.
+    checkpoint.cursor = {key: value for key, value in fingerprinted.items() if key != "fingerprint"}
+    db.session.commit()
+    if not file_kept:
+        write(csv_paths[path_setting], CSV1_HEADER)  # the file was replaced since
+
+    added = fingerprint_checkpoint(db.session, source, app.config)
+
+    assert added is file_kept
+    cursor = db.session.get(Checkpoint, source).cursor
+    assert ("fingerprint" in cursor) is file_kept
+    if file_kept:
+        assert cursor == fingerprinted
+        assert fingerprint_checkpoint(db.session, source, app.config) is False
+        again = run_etl(source)[source]
+        assert (again.status, again.rows_read, again.inserted) == ("SUCCESS", 0, 0)

@@ -35,6 +35,7 @@ from kasparro.etl.sources.base import (
     Source,
     StoredRaw,
 )
+from kasparro.etl.sources.csv_read import CsvFileReader
 from kasparro.etl.versions import record_change
 from kasparro.models import Checkpoint, EtlRun, RejectedRecord, RunStatus, UnifiedRecord
 
@@ -145,6 +146,23 @@ class LeftOverRows(RuntimeError):
 def _rows_wait(session: Session, model: type, covered: int) -> bool:
     """Return whether raw rows of ``model`` past the checkpoint's ``covered`` id are stored."""
     return session.scalar(sa.select(model.id).where(model.id > covered).limit(1)) is not None
+
+
+def fingerprint_checkpoint(session: Session, source: str, settings: dict[str, Any]) -> bool:
+    """Add its fingerprint to a file source's checkpoint from before fingerprints; a one-off.
+
+    Return whether it was added: without it the file's next read starts again from the top.
+    """
+    reader = get_source(source, settings)
+    checkpoint = session.get(Checkpoint, source)
+    if not isinstance(reader, CsvFileReader) or checkpoint is None:
+        return False
+    cursor = reader.fingerprinted(checkpoint.cursor)
+    if cursor is None:
+        return False
+    checkpoint.cursor = cursor
+    session.commit()
+    return True
 
 
 def load_left_over(session: Session, source: str, settings: dict[str, Any]) -> EtlRun | None:
