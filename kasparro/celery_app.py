@@ -7,7 +7,7 @@ import click
 import structlog
 from celery import Celery, Task, bootsteps
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.signals import setup_logging, worker_process_shutdown
+from celery.signals import setup_logging, task_postrun, worker_process_shutdown
 from flask import Flask
 
 from kasparro.metrics import (
@@ -23,19 +23,41 @@ BROKER_ANSWER_SECONDS = 1.0
 _answered_at: weakref.WeakKeyDictionary[Celery, float] = weakref.WeakKeyDictionary()
 
 
-def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app from ``celeryconfig``, run every task in the app context."""
+def _task_class(app: Flask) -> type[Task]:
+    """Return the task class of ``app``'s Celery app: every task runs in ``app``'s context."""
 
     class FlaskTask(Task):
+        run_id_of = None
+        """A run's task: how to find the run id in its arguments (a static method)."""
+
         def __call__(self, *args, **kwargs):
+            """Run the task in the app context, every line it logs bound to it (and its run).
+
+            Celery writes its own line on how the task ended after this returns, so the context
+            is restored after that line, by ``restore_task_log_context``.
+            """
+            context = {"task_id": self.request.id}
+            if self.run_id_of is not None:
+                context["run_id"] = self.run_id_of(args)
+            self.request.log_tokens = {}
+            self.bind_log_context(**context)
             with self.app_context():
                 return self.run(*args, **kwargs)
+
+        def bind_log_context(self, **values) -> None:
+            """Bind ``values`` to every line logged until the running task has ended."""
+            self.request.log_tokens.update(structlog.contextvars.bind_contextvars(**values))
 
         def app_context(self):
             """Return the Flask app context tasks run in (also for the worker's own handlers)."""
             return app.app_context()
 
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    return FlaskTask
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Create the Celery app from ``celeryconfig``, run every task in the app context."""
+    celery_app = Celery(app.name, task_cls=_task_class(app))
     celery_app.config_from_object("celeryconfig")
     # A task whose worker process died is sent again a bounded number of times, then fails.
     celery_app.conf.task_annotations = {
@@ -45,6 +67,18 @@ def celery_init_app(app: Flask) -> Celery:
         }
     }
     celery_app.conf.update(app.config.get("CELERY", {}))
+    _add_metrics_server(celery_app)
+    if celery_app.conf.task_always_eager:
+        # Tasks run in this process: load them through celeryconfig's ``imports``, as a worker
+        # does, so that they are found by name (kasparro.dispatch) without importing tasks/.
+        celery_app.loader.import_default_modules()
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def _add_metrics_server(celery_app: Celery) -> None:
+    """Give the worker a ``--metrics-port`` option, and the step that serves it."""
     celery_app.user_options["worker"].add(
         click.Option(
             ["--metrics-port"],
@@ -54,13 +88,6 @@ def celery_init_app(app: Flask) -> Celery:
         )
     )
     celery_app.steps["worker"].add(MetricsServer)
-    if celery_app.conf.task_always_eager:
-        # Tasks run in this process: load them through celeryconfig's ``imports``, as a worker
-        # does, so that they are found by name (kasparro.dispatch) without importing tasks/.
-        celery_app.loader.import_default_modules()
-    celery_app.set_default()
-    app.extensions["celery"] = celery_app
-    return celery_app
 
 
 class MetricsServer(bootsteps.StartStopStep):
@@ -94,6 +121,15 @@ class MetricsServer(bootsteps.StartStopStep):
 @setup_logging.connect
 def keep_app_logging(**kwargs) -> None:
     """Leave logging as create_app set it (LOG_LEVEL, LOG_FORMAT): Celery would reset the level."""
+
+
+@task_postrun.connect
+def restore_task_log_context(task=None, **kwargs) -> None:
+    """Restore the log context the task started in (an eager task's caller's, say).
+
+    Sent after Celery's line on how the task ended, which carries the task's context too.
+    """
+    structlog.contextvars.reset_contextvars(**getattr(task.request, "log_tokens", {}))
 
 
 @worker_process_shutdown.connect

@@ -17,8 +17,11 @@ from kasparro.etl.runs import fail_run, start_run
 from kasparro.extensions import db
 from kasparro.models import EtlRun, RunStatus
 
-EXTRACT_TASK = "etl.extract"
-TRANSFORM_TASK = "etl.transform_and_upsert"
+INGEST_TASK = "etl.ingest"
+FINISH_TASK = "etl.finish_run"
+# The same tasks under the previous release's names, kept for one release (tasks.etl).
+LEGACY_INGEST_TASK = "etl.extract"
+LEGACY_FINISH_TASK = "etl.transform_and_upsert"
 
 
 class BrokerUnavailable(RuntimeError):
@@ -35,8 +38,8 @@ def dispatch_run(source: str, trigger: str) -> tuple[int, str]:
     task_id = uuid()
     run_id = start_run(db.session, source, trigger, current_app.config, task_id)
     work = chain(
-        celery_app.signature(EXTRACT_TASK, args=(run_id,), immutable=True).set(task_id=task_id),
-        celery_app.signature(TRANSFORM_TASK),
+        celery_app.signature(INGEST_TASK, args=(run_id,), immutable=True).set(task_id=task_id),
+        celery_app.signature(FINISH_TASK),
     )
     try:
         if broker_reachable(celery_app) is False:

@@ -1,12 +1,16 @@
-"""The per-source chain ``etl.extract`` → ``etl.transform_and_upsert``, and scheduled starts.
+"""The per-source chain ``etl.ingest`` → ``etl.finish_run``, and scheduled starts.
+
+The names of the previous release, ``etl.extract`` and ``etl.transform_and_upsert``, stay
+registered for one release as aliases of the same tasks, so that a chain queued before an
+upgrade still finishes its run (docs/operations/orchestration.md, "Upgrading").
 
 Every line a task logs, its own, the pipeline's, a library's and Celery's account of how it
 ended, carries ``task_id`` and, for a run's task, ``run_id`` and ``source``: they are bound when
-the task starts and unbound when it ends, so nothing of one task reaches the next.
+the task starts (``FlaskTask.__call__``, kasparro.celery_app) and unbound when it ends, so
+nothing of one task reaches the next.
 """
 
 from contextlib import contextmanager
-from contextvars import Token
 from typing import Any
 
 import redis
@@ -15,10 +19,16 @@ import structlog
 from billiard.exceptions import WorkerLostError
 from celery import current_task, shared_task
 from celery.exceptions import Ignore
-from celery.signals import task_failure, task_postrun, task_prerun
+from celery.signals import task_failure
 from flask import current_app
 
-from kasparro.dispatch import EXTRACT_TASK, TRANSFORM_TASK, dispatch_run
+from kasparro.dispatch import (
+    FINISH_TASK,
+    INGEST_TASK,
+    LEGACY_FINISH_TASK,
+    LEGACY_INGEST_TASK,
+    dispatch_run,
+)
 from kasparro.etl import pipeline
 from kasparro.etl.runs import SourceBusy, fail_run
 from kasparro.etl.sources.base import ReadReport
@@ -26,8 +36,6 @@ from kasparro.extensions import db
 from kasparro.models import EtlRun, RunStatus
 
 log = structlog.get_logger(__name__)
-# What each running task bound to the log context, by task id, to be unbound when it ends.
-_bound_by_task: dict[str, dict[str, Token]] = {}
 # Deliveries of each task, counted in the broker's Redis: they outlive any worker.
 DELIVERIES_KEY = "kasparro:deliveries:{task_id}"
 DELIVERIES_KEPT_SECONDS = 7 * 24 * 3600  # far longer than a message takes to come back
@@ -45,21 +53,6 @@ def _failing_run_on_error(run_id: int):
     except Exception as exc:
         fail_run(db.session, run_id, exc)
         raise
-
-
-@task_prerun.connect
-def bind_task_log_context(sender=None, task_id=None, args=None, **kwargs) -> None:
-    """Bind the task's id, and a run's task's run id, to every line logged until it ends."""
-    context = {"task_id": task_id}
-    if sender.name in _RUN_ID_OF:
-        context["run_id"] = _RUN_ID_OF[sender.name](args)
-    _bound_by_task[task_id] = structlog.contextvars.bind_contextvars(**context)
-
-
-@task_postrun.connect
-def unbind_task_log_context(task_id=None, **kwargs) -> None:
-    """Restore the log context the task started in (an eager task's caller's, say)."""
-    structlog.contextvars.reset_contextvars(**_bound_by_task.pop(task_id, {}))
 
 
 def count_delivery(task) -> int | None:
@@ -86,8 +79,7 @@ def _ensure_running(run_id: int) -> None:
     run = db.session.get(EtlRun, run_id)
     request = current_task.request
     if run is not None:
-        tokens = structlog.contextvars.bind_contextvars(source=run.source)
-        _bound_by_task[request.id].update(tokens)
+        current_task.bind_log_context(source=run.source)
     deliveries = count_delivery(current_task)
     log.info(
         "etl.task.started", task=current_task.name, attempt=request.retries + 1, delivery=deliveries
@@ -110,33 +102,41 @@ def _ensure_running(run_id: int) -> None:
         raise Ignore()  # acknowledged: the message does not come back
 
 
-@shared_task(name=EXTRACT_TASK)
-def extract(*args: Any) -> dict[str, Any]:
-    """Extract a run's source into its raw table; return the run id and the read report.
+@shared_task(name=INGEST_TASK, run_id_of=staticmethod(lambda args: args[0]))
+def ingest(run_id: int) -> dict[str, Any]:
+    """Read, store and load a run's source batch by batch; return the run id and read report.
 
-    The run id is the last argument: a message queued by an earlier version, still waiting in
-    the broker when it was upgraded, also names the source first.
-
-    Transient upstream failures are retried inside the extraction, with backoff, jitter and a
-    budget (kasparro.etl.http_client); what still fails here fails the run.
+    Transient upstream failures are retried inside the read, with backoff, jitter and a budget
+    (kasparro.etl.http_client); what still fails here fails the run.
     """
-    run_id = args[-1]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
-        report = pipeline.extract(db.session, run_id, current_app.config)
+        report = pipeline.ingest(db.session, run_id, current_app.config)
     return {"run_id": run_id, "report": report.to_json()}
 
 
-@shared_task(name=TRANSFORM_TASK)
-def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
-    """Transform the run's raw rows into unified rows and finish the run."""
-    run_id = extracted["run_id"]
+@shared_task(name=FINISH_TASK, run_id_of=staticmethod(lambda args: args[0]["run_id"]))
+def finish_run(ingested: dict[str, Any]) -> dict[str, Any]:
+    """Load raw rows an earlier version left unloaded, and close the run with its status."""
+    run_id = ingested["run_id"]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):
-        # An earlier version called the report "context"; its fields were the same.
-        report = ReadReport.from_json(extracted.get("report") or extracted.get("context") or {})
-        status = pipeline.transform_and_upsert(db.session, run_id, report, current_app.config)
+        report = ReadReport.from_json(ingested["report"])
+        status = pipeline.finish_run(db.session, run_id, report, current_app.config)
     return {"run_id": run_id, "status": status}
+
+
+# The previous release's names, for chains it queued (to be removed in the next release).
+@shared_task(name=LEGACY_INGEST_TASK, run_id_of=staticmethod(lambda args: args[0]))
+def extract(run_id: int) -> dict[str, Any]:
+    """``etl.ingest`` under its former name."""
+    return ingest.run(run_id)
+
+
+@shared_task(name=LEGACY_FINISH_TASK, run_id_of=staticmethod(lambda args: args[0]["run_id"]))
+def transform_and_upsert(extracted: dict[str, Any]) -> dict[str, Any]:
+    """``etl.finish_run`` under its former name."""
+    return finish_run.run(extracted)
 
 
 @shared_task(name="etl.scheduled_run")
@@ -156,9 +156,9 @@ def record_lost_worker(sender=None, task_id=None, exception=None, args=None, **k
     The worker's main process sends this once the task's retries after a lost worker are spent
     (``task_retry_on_worker_lost``); without it the run would stay RUNNING until it went stale.
     """
-    if not isinstance(exception, WorkerLostError) or sender.name not in _RUN_ID_OF:
+    if not isinstance(exception, WorkerLostError) or sender.run_id_of is None:
         return
-    run_id = _RUN_ID_OF[sender.name](args)
+    run_id = sender.run_id_of(args)
     cause = str(exception).split(" Job:")[0]
     deaths = sender.request.retries + 1
     lost = WorkerLost(
@@ -174,9 +174,3 @@ def record_lost_worker(sender=None, task_id=None, exception=None, args=None, **k
         db.session.remove()
         # Processes the main process forks later must not inherit its database connection.
         db.engine.dispose()
-
-
-_RUN_ID_OF = {
-    extract.name: lambda args: args[-1],
-    transform_and_upsert.name: lambda args: args[0]["run_id"],
-}

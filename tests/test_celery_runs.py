@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import celeryconfig
-from kasparro.etl.pipeline import extract, run_source
+from kasparro.etl.pipeline import ingest, run_source
 from kasparro.etl.runs import RunAbandoned, SourceBusy, fail_run, start_run
 from kasparro.etl.sources import SOURCES
 from kasparro.extensions import db
@@ -265,7 +265,7 @@ def test_a_run_closed_as_abandoned_cannot_commit_another_batch(app, run_etl, csv
         feed.write("newcoin,Newcoin,1.5,2025-12-28T00:00:00Z\n")
 
     with pytest.raises(RunAbandoned):
-        extract(db.session, abandoned, app.config)  # the silent run wakes up, with a batch
+        ingest(db.session, abandoned, app.config)  # the silent run wakes up, with a batch
     fail_run(db.session, abandoned, RunAbandoned("late"))
 
     assert successor.status == "SUCCESS"

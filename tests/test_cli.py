@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from kasparro.db_types import utcnow
 from kasparro.extensions import db
 from kasparro.models import RawCsvRecord
+from tests.conftest import store_without_loading
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
@@ -281,3 +282,18 @@ def test_an_unknown_log_format_stops_the_start_naming_the_setting(command_env):
         "LOG_FORMAT must be empty or `json` or `console`, got 'xml'"
     )
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("source", "loaded"), [("csv1", 14), ("csv2", 12)])
+def test_load_left_over_loads_what_an_earlier_version_stored_once(app, runner, source, loaded):
+    store_without_loading(source, app.config)
+
+    result = runner.invoke(args=["etl", "load-left-over"])
+    again = runner.invoke(args=["etl", "load-left-over"])
+
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert f"inserted={loaded} " in lines[source]
+    assert lines["coingecko_api"].endswith("nothing left over")
+    assert again.exit_code == 0, again.output
+    assert all(line.endswith("nothing left over") for line in again.stdout.splitlines())

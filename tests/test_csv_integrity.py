@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro.etl import pipeline
+from kasparro.etl.pipeline import fingerprint_checkpoint, load_left_over
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecord, UnifiedRecord
 from tests.conftest import store_without_loading
@@ -88,26 +89,40 @@ def test_rows_waiting_from_a_replaced_file_are_read_with_their_own_header(app, r
     store_without_loading("csv1", app.config)
     write(path, CSV1_HEADER + rows(("ethereum", 7)))
 
+    left_over = load_left_over(db.session, "csv1", app.config)
     run = run_etl("csv1")["csv1"]
 
+    assert (left_over.status, left_over.inserted, left_over.rejected) == ("SUCCESS", 1, 0)
     assert (run.status, run.rejected) == ("SUCCESS", 0)
     assert loaded_values("csv1") == {"bitcoin": "5", "ethereum": "7"}
 
 
-def test_rows_stored_but_not_loaded_are_loaded_before_anything_new(app, run_etl, csv_paths):
+@pytest.mark.parametrize("batch_size", [1, 1000])
+def test_rows_stored_but_not_loaded_are_loaded_once_before_anything_new(
+    app, run_etl, csv_paths, batch_size
+):
     path = csv_paths["CSV1_PATH"]
     write(path, CSV1_HEADER + rows(("bitcoin", 5), ("ethereum", 6)))
     store_without_loading("csv1", app.config)
     write(path, rows(("solana", 7)), mode="a")
-    app.config["ETL_BATCH_SIZE"] = 1
+    app.config["ETL_BATCH_SIZE"] = batch_size
 
+    refused = run_etl("csv1")["csv1"]  # loading after them would move the checkpoint past them
+    left_over = load_left_over(db.session, "csv1", app.config)
     run = run_etl("csv1")["csv1"]
 
-    assert (run.status, run.rows_read, run.inserted) == ("SUCCESS", 1, 3)
+    assert refused.status == "FAILED"
+    assert refused.error == (
+        "LeftOverRows: raw rows of csv1 stored by an earlier version wait to be loaded; "
+        "load them first with `flask etl load-left-over`"
+    )
+    assert (left_over.status, left_over.rows_read, left_over.inserted) == ("SUCCESS", 0, 2)
+    assert (run.status, run.rows_read, run.inserted) == ("SUCCESS", 1, 1)
     assert loaded_values("csv1") == {"bitcoin": "5", "ethereum": "6", "solana": "7"}
     checkpoint = db.session.get(Checkpoint, "csv1")
     newest = db.session.scalar(sa.select(sa.func.max(RawCsvRecord.id)))
     assert checkpoint.last_raw_id == newest
+    assert load_left_over(db.session, "csv1", app.config) is None
     again = run_etl("csv1")["csv1"]
     assert (again.rows_read, again.inserted, again.updated) == (0, 0, 0)
 
@@ -429,3 +444,29 @@ def test_a_feed_declared_utf_8_sig_is_read_as_utf_8(app, run_etl, csv_paths):
     run = run_etl("csv2")["csv2"]
 
     assert (run.status, run.inserted) == ("PARTIAL", 12)
+
+
+@pytest.mark.parametrize(("source", "path_setting"), [("csv1", "CSV1_PATH"), ("csv2", "CSV2_PATH")])
+@pytest.mark.parametrize("file_kept", [True, False])
+def test_a_checkpoint_from_before_fingerprints_gets_its_fingerprint_once(
+    app, run_etl, csv_paths, source, path_setting, file_kept
+):
+    run_etl(source)
+    checkpoint = db.session.get(Checkpoint, source)
+    fingerprinted = dict(checkpoint.cursor)
+    # As a version before fingerprints wrote it.
+    checkpoint.cursor = {key: value for key, value in fingerprinted.items() if key != "fingerprint"}
+    db.session.commit()
+    if not file_kept:
+        write(csv_paths[path_setting], CSV1_HEADER)  # the file was replaced since
+
+    added = fingerprint_checkpoint(db.session, source, app.config)
+
+    assert added is file_kept
+    cursor = db.session.get(Checkpoint, source).cursor
+    assert ("fingerprint" in cursor) is file_kept
+    if file_kept:
+        assert cursor == fingerprinted
+        assert fingerprint_checkpoint(db.session, source, app.config) is False
+        again = run_etl(source)[source]
+        assert (again.status, again.rows_read, again.inserted) == ("SUCCESS", 0, 0)

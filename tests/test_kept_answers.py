@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro import create_app
-from kasparro.etl.pipeline import extract
+from kasparro.etl.pipeline import ingest
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import fail_run, start_run
 from kasparro.etl.versions import record_change
@@ -190,7 +190,7 @@ def test_each_committed_batch_of_a_run_in_progress_is_seen(app, client):
     run_id = start_run(db.session, "csv1", "cli", app.config)
     assert body(client, "/stats")["sources"]["csv1"]["records_processed"] == 0
 
-    extract(db.session, run_id, app.config)  # raw rows, committed batch by batch
+    ingest(db.session, run_id, app.config)  # raw rows, committed batch by batch
 
     assert body(client, "/stats")["sources"]["csv1"]["records_processed"] == 14
 

@@ -15,7 +15,7 @@ import celeryconfig
 from kasparro import create_app
 from kasparro.config import load_settings
 from kasparro.db_types import utcnow
-from kasparro.etl.pipeline import extract, run_source, transform_and_upsert
+from kasparro.etl.pipeline import finish_run, ingest, load_left_over, run_source
 from kasparro.etl.retention import apply_retention, raw_batches
 from kasparro.etl.runs import start_run
 from kasparro.etl.sources import SOURCES
@@ -124,7 +124,7 @@ def test_raw_rows_not_transformed_yet_are_kept_whatever_their_age(
     assert report.raw == {"coingecko_api": len(covered)}
     assert raw_ids("coingecko_api") == waiting
     before = unified_count()
-    assert run_etl("coingecko_api")["coingecko_api"].status == "SUCCESS"
+    assert load_left_over(db.session, "coingecko_api", app.config).status == "SUCCESS"
     assert unified_count() == before + 3 * 3  # the kept rows are loaded: price, cap, volume
 
 
@@ -214,7 +214,7 @@ def test_a_retention_pass_does_not_hold_up_an_etl_batch_that_is_open(
     age_raw_rows("coingecko_api", 30)
     add_fresh_input("coingecko_api", coingecko, csv_paths, count=10)
     run_id = start_run(db.session, "coingecko_api", "cli", app.config)
-    report = extract(db.session, run_id, app.config)
+    report = ingest(db.session, run_id, app.config)
     settings = policy(app, RETENTION_RAW_DAYS_COINGECKO_API=7)
     outcome: dict = {}
 
@@ -246,7 +246,7 @@ def test_a_retention_pass_does_not_hold_up_an_etl_batch_that_is_open(
     event.listen(session, "before_commit", while_the_batch_is_open)
     event.listen(session, "after_commit", committed)
     try:
-        status = transform_and_upsert(db.session, run_id, report, app.config)
+        status = finish_run(db.session, run_id, report, app.config)
     finally:
         event.remove(session, "before_commit", while_the_batch_is_open)
         event.remove(session, "after_commit", committed)

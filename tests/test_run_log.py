@@ -7,12 +7,13 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro.db_types import utcnow
-from kasparro.etl.pipeline import extract, transform_and_upsert
+from kasparro.etl.pipeline import finish_run, ingest
 from kasparro.etl.runs import start_run
 from kasparro.etl.sources.base import ReadReport
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, EtlRun
 from tasks.etl import extract as extract_task
+from tasks.etl import ingest as ingest_task
 from tasks.etl import transform_and_upsert as transform_task
 from tests.csv_files import write
 
@@ -72,8 +73,8 @@ def test_closing_an_abandoned_run_never_moves_its_checkpoint_back(
     write(csv_paths["CSV1_PATH"], APPENDED, mode="a")
     # A run that committed its batches, then died before it could finish.
     dead = start_run(db.session, "csv1", "schedule", app.config)
-    report = extract(db.session, dead, app.config)
-    transform_and_upsert(db.session, dead, report, app.config)
+    report = ingest(db.session, dead, app.config)
+    finish_run(db.session, dead, report, app.config)
     make_stale(dead)
     checkpoint = db.session.get(Checkpoint, "csv1")
     covered = (dict(checkpoint.cursor), checkpoint.last_raw_id)
@@ -93,19 +94,21 @@ def test_closing_an_abandoned_run_never_moves_its_checkpoint_back(
 def test_a_read_report_crosses_the_task_queue_unchanged(app, csv_paths):
     write(csv_paths["CSV1_PATH"], "name,ID,value,timestamp\nBitcoin,bitcoin,1,2025-12-27")
     run_id = start_run(db.session, "csv1", "cli", app.config)
-    report = extract(db.session, run_id, app.config)
+    report = ingest(db.session, run_id, app.config)
     assert report.fields.events and report.pending  # drift, and a record with no line end yet
 
     assert ReadReport.from_json(json.loads(json.dumps(report.to_json()))) == report
 
 
-def test_messages_queued_by_the_previous_version_still_finish_their_run(app):
-    # Before, the extract task also took the source, and its result called the report "context".
+@pytest.mark.parametrize("stop_after_first", [False, True])
+def test_a_chain_queued_under_the_former_task_names_still_finishes_its_run(app, stop_after_first):
+    # etl.extract and etl.transform_and_upsert are now etl.ingest and etl.finish_run; a chain
+    # queued before the upgrade may have its first task run before it, or after.
     run_id = start_run(db.session, "csv1", "cli", app.config)
-    extracted = extract_task.apply(args=("csv1", run_id)).get()
-    old_result = {"run_id": run_id, "context": extracted["report"]}
+    first = ingest_task if stop_after_first else extract_task
+    extracted = first.apply(args=(run_id,)).get()
 
-    finished = transform_task.apply(args=(old_result,)).get()
+    finished = transform_task.apply(args=(extracted,)).get()
 
     assert finished == {"run_id": run_id, "status": "SUCCESS"}
     assert db.session.get(EtlRun, run_id).inserted == 14

@@ -10,7 +10,7 @@ from billiard.exceptions import WorkerLostError
 from kasparro.etl.runs import start_run
 from kasparro.extensions import db
 from kasparro.models import EtlRun, UnifiedRecord
-from tasks.etl import extract, record_lost_worker, transform_and_upsert
+from tasks.etl import extract, finish_run, ingest, record_lost_worker, transform_and_upsert
 from tests.coingecko_imitation import Fault
 from tests.conftest import ADMIN_TOKEN
 from tests.processes import eventually
@@ -34,11 +34,11 @@ def test_a_task_that_kills_its_worker_is_bounded_then_fails_the_run_and_beat_goe
     assert run.status == "FAILED"
     deaths = "1 time" if retries == 0 else f"{retries + 1} times"
     assert run.error == (
-        f"WorkerLost: the worker process running etl.extract died {deaths} "
+        f"WorkerLost: the worker process running etl.ingest died {deaths} "
         "(Worker exited prematurely: signal 9 (SIGKILL)); not retried again"
     )
     starts = [line for line in crashing.log().splitlines() if '"etl.task.started"' in line]
-    assert sum('"etl.extract"' in line for line in starts) == retries + 1  # it loads the batches
+    assert sum('"etl.ingest"' in line for line in starts) == retries + 1  # it loads the batches
     crashing.stop()
 
     # The next scheduled run finds the source free and loads it.
@@ -93,7 +93,7 @@ def test_a_task_whose_whole_worker_dies_is_delivered_a_bounded_number_of_times(
     assert run.status == "FAILED"
     times = "1 time" if retries == 0 else f"{retries + 1} times"
     assert run.error == (
-        f"WorkerLost: the worker running etl.extract was lost {times} before the task ended "
+        f"WorkerLost: the worker running etl.ingest was lost {times} before the task ended "
         "(each time the broker delivered it again); not retried again"
     )
     # The last delivery was acknowledged: past another visibility timeout it has not come back.
@@ -117,10 +117,12 @@ def test_a_task_whose_whole_worker_dies_is_delivered_a_bounded_number_of_times(
 @pytest.mark.parametrize(
     ("task", "args"),
     [
-        (extract, lambda run_id: [run_id]),
+        (ingest, lambda run_id: [run_id]),
+        (finish_run, lambda run_id: [{"run_id": run_id}]),
+        (extract, lambda run_id: [run_id]),  # the former names, kept for one release
         (transform_and_upsert, lambda run_id: [{"run_id": run_id}]),
     ],
-    ids=["extract", "transform"],
+    ids=["ingest", "finish_run", "extract", "transform_and_upsert"],
 )
 def test_the_worker_loss_handler_leaves_no_connection_for_later_forks(app, task, args):
     # It runs in the worker's main process, which forks the next pool processes: a connection

@@ -1,20 +1,17 @@
-"""The two stages of a run, as plain functions: extract and load, then finish.
+"""The two stages of a run, as plain functions: ``ingest``, then ``finish_run``.
 
-The extract reads the source and loads each batch as it reads it: the batch's raw rows, its
+``ingest`` reads the source and loads each batch as it reads it: the batch's raw rows, its
 unified rows and rejections, and the checkpoint that covers them commit in one transaction, so
-a crash anywhere leaves all of them or none, and the next run resumes from the checkpoint. The
-second stage loads raw rows that an earlier version stored without loading, then finishes the
-run.
+a crash anywhere leaves all of them or none, and the next run resumes from the checkpoint.
+``finish_run`` closes the run with its status.
 
 A caller that shows progress passes a ``progress`` callback: it gets a ``ReadProgress`` after
 each batch, never per row, and once more when the read ends.
 """
 
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,14 +19,23 @@ import structlog
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
+from kasparro.etl import runs
 from kasparro.etl.assets import AssetResolver, CurrentResolver, upsert_assets
 from kasparro.etl.faults import FailurePlan
 from kasparro.etl.load import insert_raw, insert_rejections, upsert_unified
 from kasparro.etl.parsing import InvalidValue, check_text, storable
 from kasparro.etl.read_ahead import read_ahead
-from kasparro.etl.runs import fail_run, finish_run, heartbeat_or_abandon, start_run
+from kasparro.etl.runs import fail_run, heartbeat_or_abandon, start_run
 from kasparro.etl.sources import get_source
-from kasparro.etl.sources.base import Observation, RawRow, ReadReport, Source
+from kasparro.etl.sources.base import (
+    Observation,
+    RawRecord,
+    RawRow,
+    ReadReport,
+    Source,
+    StoredRaw,
+)
+from kasparro.etl.sources.csv_read import CsvFileReader
 from kasparro.etl.versions import record_change
 from kasparro.models import Checkpoint, EtlRun, RejectedRecord, RunStatus, UnifiedRecord
 
@@ -58,7 +64,7 @@ def _file_position(source: Source, batch: list[RawRow]) -> tuple[int | None, int
     return offset, max(offset, os.stat(source.path).st_size)  # the file may grow while read
 
 
-def extract(
+def ingest(
     session: Session,
     run_id: int,
     settings: dict[str, Any],
@@ -67,13 +73,19 @@ def extract(
     """Read the source past what is stored, loading each batch as it is read; return the report.
 
     A batch's raw rows, its unified rows and rejections and the checkpoint that covers them
-    commit in one transaction, from the rows in memory: nothing is read back. Raw rows stored
-    but not loaded yet (by an earlier version, which loaded in a second pass) are loaded first
-    by ``transform_and_upsert``: until then this stage only stores what it reads.
+    commit in one transaction, from the rows in memory: nothing is read back. This is the one
+    place a run builds its source and its loader.
+
+    Raises LeftOverRows when raw rows an earlier version stored without loading wait: loading
+    after them would move the checkpoint past them (``load_left_over`` loads them).
     """
-    run = session.get_one(EtlRun, run_id)
-    source = get_source(run.source, settings)
-    loader = BatchLoader(session, run, source, settings)
+    loader = BatchLoader.for_run(session, run_id, settings)
+    run, source = loader.run, loader.source
+    if _rows_wait(session, source.raw_model, loader.checkpoint.last_raw_id):
+        raise LeftOverRows(
+            f"raw rows of {run.source} stored by an earlier version wait to be loaded; "
+            "load them first with `flask etl load-left-over`"
+        )
     shown = ReadProgress(run.source, 0)
     try:
         with read_ahead(
@@ -93,7 +105,7 @@ def extract(
             progress(replace(shown, finished=True))
     report = source.report()
     _record_read(session, run, report)
-    log.info("etl.extract.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
+    log.info("etl.ingest.done", run_id=run_id, source=run.source, rows_read=run.rows_read)
     return report
 
 
@@ -107,7 +119,7 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
         details["drift"] = events
     if report.pending:
         pending = asdict(report.pending)
-        log.info("etl.extract.pending", run_id=run.id, source=run.source, **pending)
+        log.info("etl.ingest.pending", run_id=run.id, source=run.source, **pending)
         details["pending"] = pending
     if details != (run.details or {}):
         run.details = details
@@ -115,26 +127,72 @@ def _record_read(session: Session, run: EtlRun, report: ReadReport) -> None:
         session.commit()
 
 
-def transform_and_upsert(
+def finish_run(
     session: Session, run_id: int, report: ReadReport, settings: dict[str, Any]
 ) -> RunStatus:
-    """Load raw rows stored but not loaded yet, batch by batch; finish the run."""
+    """Close the run with its status: PARTIAL when it rejected records or stopped early."""
     run = session.get_one(EtlRun, run_id)
-    source = get_source(run.source, settings)
-    loader = BatchLoader(session, run, source, settings)
-    # Plain rows, not ORM objects: a raw record is only read here, never changed.
-    columns = source.raw_model.__table__.c
-    while raws := session.execute(
-        sa.select(*columns)
-        .where(columns.id > loader.checkpoint.last_raw_id)
-        .order_by(columns.id)
-        .limit(settings["ETL_BATCH_SIZE"])
-    ).all():
-        loader.check_failure("before_load")
-        loader.load(raws, report)
+    checkpoint = session.get(Checkpoint, run.source)
     heartbeat_or_abandon(session, run)
     status = RunStatus.PARTIAL if run.rejected or report.incomplete else RunStatus.SUCCESS
-    return finish_run(session, run, status, loader.checkpoint.cursor, report.incomplete)
+    cursor = checkpoint.cursor if checkpoint else {}
+    return runs.finish_run(session, run, status, cursor, report.incomplete)
+
+
+class LeftOverRows(RuntimeError):
+    """Raw rows an earlier version stored without loading wait to be loaded first."""
+
+
+def _rows_wait(session: Session, model: type, covered: int) -> bool:
+    """Return whether raw rows of ``model`` past the checkpoint's ``covered`` id are stored."""
+    return session.scalar(sa.select(model.id).where(model.id > covered).limit(1)) is not None
+
+
+def fingerprint_checkpoint(session: Session, source: str, settings: dict[str, Any]) -> bool:
+    """Add its fingerprint to a file source's checkpoint from before fingerprints; a one-off.
+
+    Return whether it was added: without it the file's next read starts again from the top.
+    """
+    reader = get_source(source, settings)
+    checkpoint = session.get(Checkpoint, source)
+    if not isinstance(reader, CsvFileReader) or checkpoint is None:
+        return False
+    cursor = reader.fingerprinted(checkpoint.cursor)
+    if cursor is None:
+        return False
+    checkpoint.cursor = cursor
+    session.commit()
+    return True
+
+
+def load_left_over(session: Session, source: str, settings: dict[str, Any]) -> EtlRun | None:
+    """Load the raw rows of ``source`` an earlier version stored without loading; a one-off.
+
+    An earlier version loaded in a second pass, so a run that stopped between its passes left
+    raw rows past the checkpoint. They are loaded in id order, in batches, by a run of their own,
+    which is returned; None when no row waits.
+    """
+    reader = get_source(source, settings)
+    checkpoint = session.get(Checkpoint, source)
+    if not _rows_wait(session, reader.raw_model, checkpoint.last_raw_id if checkpoint else 0):
+        return None
+    run_id = start_run(session, source, "cli", settings)
+    with structlog.contextvars.bound_contextvars(run_id=run_id, source=source):
+        try:
+            loader = BatchLoader(session, session.get_one(EtlRun, run_id), reader, settings)
+            # Plain rows, not ORM objects: a raw record is only read here, never changed.
+            columns = reader.raw_model.__table__.c
+            while raws := session.execute(
+                sa.select(*columns)
+                .where(columns.id > loader.checkpoint.last_raw_id)
+                .order_by(columns.id)
+                .limit(settings["ETL_BATCH_SIZE"])
+            ).all():
+                loader.load(raws, reader.stored_report(raws))
+            finish_run(session, run_id, ReadReport(), settings)
+        except Exception as exc:  # every failure is recorded on the run, never lost
+            fail_run(session, run_id, exc)
+    return session.get_one(EtlRun, run_id)
 
 
 class BatchLoader:
@@ -150,26 +208,16 @@ class BatchLoader:
         self.processed = 0
         self.loaded_up_to = self.checkpoint.last_raw_id  # when the run began
 
-    @functools.cached_property
-    def left_over(self) -> bool:
-        """Whether raw rows stored by an earlier version wait to be loaded (asked once, on store).
-
-        Only the extract stage asks, before it stores anything: the second stage finds those
-        rows by reading them.
-        """
-        model = self.source.raw_model
-        waiting = sa.select(model.id).where(model.id > self.loaded_up_to).limit(1)
-        return self.session.scalar(waiting) is not None
+    @classmethod
+    def for_run(cls, session: Session, run_id: int, settings: dict[str, Any]) -> "BatchLoader":
+        """Build the loader of run ``run_id``, and the source it reads."""
+        run = session.get_one(EtlRun, run_id)
+        return cls(session, run, get_source(run.source, settings), settings)
 
     def store(self, batch: list[RawRow]) -> None:
-        """Store a batch as read and load its new records, in one transaction.
-
-        With raw rows left over from an earlier version, the batch is only stored: loading it
-        now would move the checkpoint past them.
-        """
+        """Store a batch as read and load its new records, in one transaction."""
         session, run, model = self.session, self.run, self.source.raw_model
-        if not self.left_over:
-            self.check_failure("before_load")
+        self.check_failure("before_load")
         new = insert_raw(session, model, batch, run.id)
         stored_keys = {row.record_key for row in batch} - set(new)
         if stored_keys:
@@ -182,14 +230,13 @@ class BatchLoader:
         run.rows_read += len(batch)
         raws = sorted(
             (
-                SimpleNamespace(id=raw_id, record_key=row.record_key, payload=row.payload,
-                                **row.columns)
+                StoredRaw.of(raw_id, row)
                 for row in batch
                 if (raw_id := new.get(row.record_key)) is not None
             ),
             key=lambda raw: raw.id,
-        )  # fmt: skip
-        if raws and not self.left_over:
+        )
+        if raws:
             self.load(raws, self.source.report())
         else:
             heartbeat_or_abandon(session, run)
@@ -201,7 +248,7 @@ class BatchLoader:
             self.failure.check(self.run.source, point)
             self.failure.check(self.run.source, "crash")
 
-    def load(self, raws: list[Any], report: ReadReport) -> None:
+    def load(self, raws: list[RawRecord], report: ReadReport) -> None:
         """Transform and upsert ``raws`` (in id order), move the checkpoint past them, commit."""
         session, run, source = self.session, self.run, self.source
         resolver = self.resolvers.get(session)  # an unchanged source never gets here
@@ -235,14 +282,29 @@ def transform_batch(
     session: Session,
     source: Source,
     run: EtlRun,
-    raws: list[Any],
+    raws: list[RawRecord],
     report: ReadReport,
     resolver: AssetResolver,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Turn ``raws`` into unified rows and rejections; record the coins the accepted vouch for."""
+    accepted, refused = _observe(session, source, raws, report)
+    rejections = _rejections(session, source, run, refused)
+    # Only a record that loads vouches for a coin's identity.
+    known = [asset for raw, _ in accepted for asset in source.known_assets(raw, report)]
+    upsert_assets(session, known, origin=source.name)
+    for asset in known:
+        resolver.add(asset.id, asset.symbol, asset.name)
+    return _unified_rows(run, accepted, resolver), rejections
+
+
+def _observe(
+    session: Session, source: Source, raws: list[RawRecord], report: ReadReport
+) -> tuple[list[tuple[RawRecord, list[Observation]]], list[tuple[RawRecord, str]]]:
+    """Split ``raws`` into (raw, its observations) accepted and (raw, why) refused."""
     source.prepare(session, raws)
     duplicates = source.duplicates(session, raws)
-    accepted: list[tuple[Any, list[Observation]]] = []
-    refused: list[tuple[Any, str]] = []
+    accepted: list[tuple[RawRecord, list[Observation]]] = []
+    refused: list[tuple[RawRecord, str]] = []
     for raw in raws:
         try:
             if raw.id in duplicates:
@@ -255,12 +317,15 @@ def transform_batch(
             refused.append((raw, reason))
             continue
         accepted.append((raw, observations))
-    rejections = _rejections(session, source, run, refused)
-    # Only a record that loads vouches for a coin's identity.
-    known = [asset for raw, _ in accepted for asset in source.known_assets(raw, report)]
-    upsert_assets(session, known, origin=source.name)
-    for asset in known:
-        resolver.add(asset.id, asset.symbol, asset.name)
+    return accepted, refused
+
+
+def _unified_rows(
+    run: EtlRun,
+    accepted: list[tuple[RawRecord, list[Observation]]],
+    resolver: AssetResolver,
+) -> list[dict[str, Any]]:
+    """Return the unified rows of the accepted observations; count those with no known coin."""
     unified: list[dict[str, Any]] = []
     unresolved = 0
     run_id, source_name = run.id, run.source  # a mapped attribute is slow to ask per row
@@ -284,7 +349,7 @@ def transform_batch(
                 }
             )
     run.unresolved += unresolved
-    return unified, rejections
+    return unified
 
 
 # The longest text each column holds, read once: a mapped attribute is slow to ask per row.
@@ -301,7 +366,7 @@ def check_storable(observation: Observation) -> None:
 
 
 def _rejections(
-    session: Session, source: Source, run: EtlRun, refused: list[tuple[Any, str]]
+    session: Session, source: Source, run: EtlRun, refused: list[tuple[RawRecord, str]]
 ) -> list[dict[str, Any]]:
     """Return the rejected_records rows of ``refused`` (raw, reason) records.
 
@@ -346,8 +411,8 @@ def run_source(
     run_id = start_run(session, source, trigger, settings, task_id)
     with structlog.contextvars.bound_contextvars(run_id=run_id, source=source):
         try:
-            report = extract(session, run_id, settings, progress)
-            transform_and_upsert(session, run_id, report, settings)
+            report = ingest(session, run_id, settings, progress)
+            finish_run(session, run_id, report, settings)
         except Exception as exc:  # every failure is recorded on the run, never lost
             fail_run(session, run_id, exc)
     return session.get_one(EtlRun, run_id)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from kasparro.db_types import utcnow
-from kasparro.etl.sources import get_source
+from kasparro.etl.sources import source_class
 from kasparro.etl.versions import record_change
 from kasparro.metrics import record_run
 from kasparro.models import Checkpoint, EtlRun, RunStatus
@@ -51,7 +51,7 @@ def start_run(
     win. A RUNNING run whose heartbeat is older than ``ETL_STALE_AFTER_SECONDS`` belongs to a
     process that died; it is closed as FAILED so that its lock does not outlive it.
     """
-    get_source(source, {})  # an unknown source fails here, before a run is recorded
+    source_class(source)  # an unknown source fails here, before a run is recorded
     _close_abandoned_run(session, source, settings["ETL_STALE_AFTER_SECONDS"])
     run = _new_run(source, RunStatus.RUNNING, trigger, task_id)
     run.heartbeat_at = run.started_at

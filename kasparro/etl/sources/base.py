@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -52,7 +52,7 @@ class Pending:
 
 @dataclass
 class ReadReport:
-    """What a read learned, handed from the extract stage to the transform.
+    """What a read learned, handed from ``ingest`` to ``finish_run``.
 
     It crosses the task queue as JSON (``to_json``/``from_json``); in process it stays typed.
     """
@@ -87,6 +87,42 @@ class RawRow:
     record_key: str
     payload: Any
     columns: dict[str, Any] = field(default_factory=dict)
+
+
+class RawRecord(Protocol):
+    """A stored raw record, as a source turns it into observations.
+
+    A row of the source's raw table read back (reprocessing), or a batch's record just stored
+    (``StoredRaw``); a source reads its own columns (``line_no``, ``end_offset``…) by name.
+    """
+
+    id: int
+    record_key: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRaw:
+    """A record of a batch, as stored in its raw table under ``id``: the raw table's columns."""
+
+    id: int
+    record_key: str
+    payload: Any
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, raw_id: int, row: RawRow) -> "StoredRaw":
+        """Return ``row`` as stored under ``raw_id``."""
+        return cls(raw_id, row.record_key, row.payload, row.columns)
+
+    def __getattr__(self, name: str) -> Any:
+        """Return the source's own column ``name`` (``line_no``, ``end_offset``…)."""
+        if name == "columns":  # not set yet (while being built): not a column
+            raise AttributeError(name)
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class Source(ABC):
@@ -143,22 +179,20 @@ class Source(ABC):
     def report(self) -> ReadReport:
         """Return what the transform needs to know about the read that just ended."""
 
-    def stored_report(self, raws: list[RawRecordMixin]) -> ReadReport:
+    def stored_report(self, raws: list[RawRecord]) -> ReadReport:
         """Return what transforming stored ``raws`` again needs to know, without a read."""
         return ReadReport()
 
     @abstractmethod
-    def observations(self, raw: RawRecordMixin, report: ReadReport) -> list[Observation]:
+    def observations(self, raw: RawRecord, report: ReadReport) -> list[Observation]:
         """Turn one raw record into observations; raise InvalidValue to reject it."""
 
     @abstractmethod
-    def advance(
-        self, cursor: dict[str, Any], raws: list[RawRecordMixin], report: ReadReport
-    ) -> dict:
+    def advance(self, cursor: dict[str, Any], raws: list[RawRecord], report: ReadReport) -> dict:
         """Return the cursor that covers a batch of ``raws`` (in id order) too."""
 
     @abstractmethod
-    def describe(self, raw: RawRecordMixin) -> tuple[str, str]:
+    def describe(self, raw: RawRecord) -> tuple[str, str]:
         """Return where the record was (``line 7``) and its text, for a rejection."""
 
     @classmethod
@@ -174,11 +208,11 @@ class Source(ABC):
         """
         return sa.or_(stored.is_(None), incoming >= stored)
 
-    def prepare(self, session: Session, raws: list[RawRecordMixin]) -> None:
+    def prepare(self, session: Session, raws: list[RawRecord]) -> None:
         """Load what turning ``raws`` into observations needs beyond the rows themselves."""
         return None  # most sources need nothing beyond the rows
 
-    def content_keys(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
+    def content_keys(self, session: Session, raws: list[RawRecord]) -> dict[int, str]:
         """Return, by raw id, what identifies each record of ``raws`` by its content.
 
         A record read again has the key of its first reading, so its rejection is stored once.
@@ -186,10 +220,10 @@ class Source(ABC):
         """
         return {raw.id: raw.record_key for raw in raws}
 
-    def duplicates(self, session: Session, raws: list[RawRecordMixin]) -> dict[int, str]:
+    def duplicates(self, session: Session, raws: list[RawRecord]) -> dict[int, str]:
         """Return, by raw id, the records in ``raws`` that repeat an earlier record, with why."""
         return {}
 
-    def known_assets(self, raw: RawRecordMixin, report: ReadReport) -> list[KnownAsset]:
+    def known_assets(self, raw: RawRecord, report: ReadReport) -> list[KnownAsset]:
         """Return the coin identities this record vouches for (only an authoritative source)."""
         return []
