@@ -174,19 +174,9 @@ class CsvSource(CsvFileReader, Source):
         Earlier means an earlier line of the same generation, stored before or in this batch:
         one index probe per record, and only the duplicates come back.
         """
-        row, earlier = self.raw_model.__table__, self.raw_model.__table__.alias("earlier")
-        found = session.execute(
-            sa.select(row.c.id, sa.func.min(earlier.c.line_no))
-            .join(
-                earlier,
-                sa.and_(
-                    earlier.c.content_hash == row.c.content_hash,
-                    earlier.c.generation == row.c.generation,
-                    earlier.c.line_no < row.c.line_no,
-                ),
-            )
-            .where(row.c.id.between(raws[0].id, raws[-1].id))
-            .group_by(row.c.id)
+        row = self.raw_model.__table__
+        found = self._with_earlier_copies(
+            session, sa.func.min, row.c.id.between(raws[0].id, raws[-1].id)
         )
         return {raw_id: f"duplicate of line {line}" for raw_id, line in found}
 
@@ -197,22 +187,28 @@ class CsvSource(CsvFileReader, Source):
         Identical lines of one file are as many records; the same line in a later generation
         (the file edited, or replaced) is one already read. One index probe per record.
         """
-        row, earlier = self.raw_model.__table__, self.raw_model.__table__.alias("earlier")
-        repeats = session.execute(
-            sa.select(row.c.id, sa.func.count())
-            .join(
-                earlier,
-                sa.and_(
-                    earlier.c.content_hash == row.c.content_hash,
-                    earlier.c.generation == row.c.generation,
-                    earlier.c.line_no < row.c.line_no,
-                ),
-            )
-            .where(row.c.id.in_([raw.id for raw in raws]))
-            .group_by(row.c.id)
+        row = self.raw_model.__table__
+        repeats = self._with_earlier_copies(
+            session, sa.func.count, row.c.id.in_([raw.id for raw in raws])
         )
         earlier_copies = dict(repeats.tuples().all())
         return {raw.id: f"{raw.content_hash}:{earlier_copies.get(raw.id, 0) + 1}" for raw in raws}
+
+    def _with_earlier_copies(self, session: Session, aggregate, which) -> sa.Result:
+        """Return (id, ``aggregate`` of the earlier copies' line numbers) for each stored record
+        matched by ``which`` that repeats an earlier line of its generation, text for text."""
+        row, earlier = self.raw_model.__table__, self.raw_model.__table__.alias("earlier")
+        same_text_earlier = sa.and_(
+            earlier.c.content_hash == row.c.content_hash,
+            earlier.c.generation == row.c.generation,
+            earlier.c.line_no < row.c.line_no,
+        )
+        return session.execute(
+            sa.select(row.c.id, aggregate(earlier.c.line_no))
+            .join(earlier, same_text_earlier)
+            .where(which)
+            .group_by(row.c.id)
+        )
 
     def observations(self, raw: RawCsvRecordMixin, report: ReadReport) -> list[Observation]:
         """Split a record with its generation's header and map it to observations."""
