@@ -12,12 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kasparro.dispatch import BrokerUnavailable, dispatch_run
 from kasparro.etl.http_client import UpstreamUnreachable, connect_attempts
-from kasparro.etl.pipeline import (
-    ReadProgress,
-    fingerprint_checkpoint,
-    load_left_over,
-    run_source,
-)
+from kasparro.etl.left_over import fingerprint_checkpoint, load_left_over
+from kasparro.etl.pipeline import ReadProgress, run_source
 from kasparro.etl.retention import apply_retention
 from kasparro.etl.runs import SourceBusy, describe_error
 from kasparro.etl.sources import SOURCES

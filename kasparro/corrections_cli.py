@@ -5,7 +5,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from kasparro.cli import EtlGroup, _counts
-from kasparro.etl.assets import (
+from kasparro.etl.aliases import (
     AliasConflict,
     UnknownAsset,
     add_alias,

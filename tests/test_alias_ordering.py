@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from kasparro.etl.assets import AliasAdded, CurrentResolver, add_alias
+from kasparro.etl.aliases import AliasAdded, add_alias
+from kasparro.etl.assets import CurrentResolver
 from kasparro.extensions import db
 from kasparro.models import UnifiedRecord
 from tests.csv_files import CSV1_HEADER, write

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kasparro.etl import pipeline
-from kasparro.etl.assets import AssetResolver, add_alias
+from kasparro.etl.aliases import add_alias
+from kasparro.etl.assets import AssetResolver
 from kasparro.extensions import db
 from kasparro.models import UnifiedRecord
 from tests.coingecko_imitation import make_coin

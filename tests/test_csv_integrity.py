@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from kasparro.etl import pipeline
-from kasparro.etl.pipeline import fingerprint_checkpoint, load_left_over
+from kasparro.etl.left_over import fingerprint_checkpoint, load_left_over
 from kasparro.extensions import db
 from kasparro.models import Checkpoint, CsvGeneration, RawCsvRecord, UnifiedRecord
 from tests.conftest import store_without_loading

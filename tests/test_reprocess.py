@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from kasparro.etl.left_over import load_left_over
 from kasparro.etl.load import insert_raw
 from kasparro.etl.parsing import InvalidValue, parse_timestamp
-from kasparro.etl.pipeline import load_left_over
 from kasparro.etl.runs import fail_run, start_run
 from kasparro.etl.sources import csv_feed, get_source
 from kasparro.extensions import db

@@ -15,7 +15,8 @@ import celeryconfig
 from kasparro import create_app
 from kasparro.config import load_settings
 from kasparro.db_types import utcnow
-from kasparro.etl.pipeline import finish_run, ingest, load_left_over, run_source
+from kasparro.etl.left_over import load_left_over
+from kasparro.etl.pipeline import finish_run, ingest, run_source
 from kasparro.etl.retention import apply_retention, raw_batches
 from kasparro.etl.runs import start_run
 from kasparro.etl.sources import SOURCES

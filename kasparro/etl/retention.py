@@ -153,16 +153,10 @@ def _is_lock_wait(exc: OperationalError) -> bool:
     return "database is locked" in str(original)
 
 
-def apply_retention(
-    session: Session, settings: dict[str, Any], now: datetime | None = None
-) -> RetentionReport:
-    """Delete what the retention settings allow, table by table, and report what went."""
-    started = time.monotonic()
-    now = now or utcnow()
+def _plans(session: Session, settings: dict[str, Any], now: datetime) -> list[tuple]:
+    """Return (table, source or None, cutoff, its batches) for each table retention applies to."""
     batch_size = max(1, settings["RETENTION_BATCH_SIZE"])
     pause = max(0.0, settings["RETENTION_PAUSE_SECONDS"])
-    budget = settings["RETENTION_MAX_PASS_SECONDS"]
-    report = RetentionReport()
     plans = []
     for source, source_class in SOURCES.items():
         days = settings.get(raw_retention_setting(source), 0)
@@ -177,7 +171,17 @@ def apply_retention(
         plans.append(
             ("unified_records", None, cutoff, unified_batches(session, cutoff, batch_size, pause))
         )
-    for table, source, cutoff, batches in plans:
+    return plans
+
+
+def apply_retention(
+    session: Session, settings: dict[str, Any], now: datetime | None = None
+) -> RetentionReport:
+    """Delete what the retention settings allow, table by table, and report what went."""
+    started = time.monotonic()
+    budget = settings["RETENTION_MAX_PASS_SECONDS"]
+    report = RetentionReport()
+    for table, source, cutoff, batches in _plans(session, settings, now or utcnow()):
         deleted = 0
         try:
             for count in batches:

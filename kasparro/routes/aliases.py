@@ -7,7 +7,7 @@ from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
 from kasparro.access import admin_token
-from kasparro.etl.assets import (
+from kasparro.etl.aliases import (
     AliasConflict,
     UnknownAsset,
     add_alias,
