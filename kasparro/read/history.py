@@ -91,6 +91,9 @@ def asset_history(
     }
 
 
+OHLC = ("open", "high", "low", "close", "count")
+
+
 def history_buckets(
     session: Session,
     asset_id: str,
@@ -121,8 +124,8 @@ def history_buckets(
     more = sa.exists().where(*conditions, record.timestamp >= FromEpoch(span_end))
     result = session.execute(
         sa.select(
-            *(numbered.c[name] for name in ("start_seconds", "open", "high", "low", "close")),
-            numbered.c["count"],
+            numbered.c.start_seconds,
+            *(numbered.c[name] for name in OHLC),
             span_end.label("span_end"),
             more.label("more"),
         )
@@ -132,13 +135,9 @@ def history_buckets(
     buckets = [
         {
             "start": datetime.fromtimestamp(start_seconds, UTC),
-            "open": open_,
-            "high": high,
-            "low": low,
-            "close": close,
-            "count": count,
+            **dict(zip(OHLC, values, strict=True)),
         }
-        for start_seconds, open_, high, low, close, count, _, _ in result
+        for start_seconds, *values, _, _ in result
     ]
     next_start = int(result[0].span_end) if result and result[0].more else None
     return buckets, next_start
