@@ -10,6 +10,7 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import setup_logging, task_postrun, worker_process_shutdown
 from flask import Flask
 
+from kasparro.celery_config import celery_settings
 from kasparro.metrics import (
     NOT_SHARED_MESSAGE,
     forget_process,
@@ -56,20 +57,13 @@ def _task_class(app: Flask) -> type[Task]:
 
 
 def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app from ``celeryconfig``, run every task in the app context."""
+    """Create the Celery app, configured from the app's settings; every task runs in the app
+    context."""
     celery_app = Celery(app.name, task_cls=_task_class(app))
-    celery_app.config_from_object("celeryconfig")
-    # A task whose worker process died is sent again a bounded number of times, then fails.
-    celery_app.conf.task_annotations = {
-        "*": {
-            "max_retries": app.config["ETL_WORKER_LOST_RETRIES"],
-            "default_retry_delay": app.config["ETL_WORKER_LOST_RETRY_DELAY_SECONDS"],
-        }
-    }
-    celery_app.conf.update(app.config.get("CELERY", {}))
+    celery_app.config_from_object(celery_settings(app.config) | app.config.get("CELERY", {}))
     _add_metrics_server(celery_app)
     if celery_app.conf.task_always_eager:
-        # Tasks run in this process: load them through celeryconfig's ``imports``, as a worker
+        # Tasks run in this process: load them through the configuration's ``imports``, as a worker
         # does, so that they are found by name (kasparro.dispatch) without importing tasks/.
         celery_app.loader.import_default_modules()
     celery_app.set_default()

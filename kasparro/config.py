@@ -2,9 +2,10 @@
 
 Each ``Setting`` (``kasparro.setting``) names one environment variable, its default, how its text
 is read, and what it means. The application's and Celery's are declared here, each source's in
-its own module. ``load_settings()`` reads them all into the app's config; ``celeryconfig``
-builds Celery's settings from the same values; the README's table and ``.env.example`` are
-checked against the list (``tests/test_settings.py``), and ``settings_table()`` writes that table.
+its own module. ``load_settings()`` reads them all into the app's config, once per app;
+``kasparro.celery_config`` builds Celery's settings from that config; docs/configuration.md's
+table and ``.env.example`` are checked against the list (``tests/test_settings.py``), and
+``settings_table()`` writes that table.
 """
 
 import os
@@ -392,7 +393,8 @@ def secret_values(config: Mapping[str, Any]) -> list[str]:
     URLs a test or a caller put in ``config["CELERY"]`` count too.
     """
     holders = [s for _, group in setting_groups() for s in group if s.holds_secret]
-    values = {**_read(holders, os.environ), **config}
+    elsewhere = [s for s in holders if s.config_key not in config]  # other services' secrets
+    values = {**_read(elsewhere, os.environ), **config}
     celery = config.get("CELERY", {})
     secrets = [
         *(part for setting in holders for part in setting.secrets_in(values[setting.config_key])),
@@ -403,7 +405,7 @@ def secret_values(config: Mapping[str, Any]) -> list[str]:
 
 
 def shown_default(setting: Setting) -> str:
-    """Return ``setting``'s default as the README writes it."""
+    """Return ``setting``'s default as the configuration page writes it."""
     if setting.default_text:
         return setting.default_text
     if setting.secret:
@@ -415,7 +417,7 @@ def shown_default(setting: Setting) -> str:
 
 
 def setting_groups() -> list[tuple[str, tuple[Setting, ...]]]:
-    """Return every setting, by group, as the README and ``.env.example`` list them."""
+    """Return every setting, by group, as the configuration page and ``.env.example`` list them."""
     return [
         ("The application", CORE_SETTINGS),
         ("Celery, beat and Flower", CELERY_SETTINGS),
@@ -429,7 +431,7 @@ def setting_groups() -> list[tuple[str, tuple[Setting, ...]]]:
 
 
 def settings_table() -> str:
-    """Return the README's tables of settings, in Markdown, one per group."""
+    """Return the configuration page's tables of settings, in Markdown, one per group."""
     lines = []
     for title, settings in setting_groups():
         lines += [f"**{title}**", "", "| key | default | meaning |", "|---|---|---|"]

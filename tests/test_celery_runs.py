@@ -1,6 +1,5 @@
 """Runs through Celery: a real worker on Redis, the beat schedule, one run per source, SIGKILL."""
 
-import importlib
 import threading
 import time
 from datetime import timedelta
@@ -8,7 +7,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-import celeryconfig
+from kasparro import create_app
 from kasparro.etl.pipeline import ingest, run_source
 from kasparro.etl.runs import RunAbandoned, SourceBusy, fail_run, start_run
 from kasparro.etl.sources import SOURCES
@@ -231,11 +230,7 @@ def test_without_a_broker_runs_are_executed_eagerly(app, client):
 def test_beat_schedules_every_source_with_intervals_from_the_environment(monkeypatch):
     monkeypatch.setenv("SCHEDULE_COINGECKO_API_SECONDS", "45")
     monkeypatch.setenv("SCHEDULE_CSV1_SECONDS", "120")
-    try:
-        schedule = importlib.reload(celeryconfig).beat_schedule
-    finally:
-        monkeypatch.undo()
-        importlib.reload(celeryconfig)
+    schedule = create_app().extensions["celery"].conf.beat_schedule
 
     runs = [entry for entry in schedule.values() if entry["task"] == "etl.scheduled_run"]
     assert {entry["args"][0]: entry["schedule"] for entry in runs} == {
@@ -247,13 +242,12 @@ def test_beat_schedules_every_source_with_intervals_from_the_environment(monkeyp
 
 
 def test_celery_settings_make_redelivery_safe():
-    assert celeryconfig.task_acks_late is True
-    assert celeryconfig.task_reject_on_worker_lost is True
-    assert celeryconfig.worker_prefetch_multiplier == 1
-    assert (
-        celeryconfig.broker_transport_options["visibility_timeout"] > celeryconfig.task_time_limit
-    )
-    assert celeryconfig.accept_content == ["json"]
+    conf = create_app().extensions["celery"].conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.accept_content == ["json"]
 
 
 def test_a_run_closed_as_abandoned_cannot_commit_another_batch(app, run_etl, csv_paths):

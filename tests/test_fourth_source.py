@@ -34,7 +34,6 @@ from kasparro.extensions import db
 app = create_app()
 with app.app_context():
     db.create_all()  # its raw table: a source of the product's own comes with a migration
-    import celeryconfig
 client, runner = app.test_client(), app.test_cli_runner()
 run = runner.invoke(args=["etl", "run", "--source", "supply"])
 again = client.post(
@@ -49,7 +48,7 @@ seen = {
     "health": client.get("/health").get_json(),
     "status": runner.invoke(args=["etl", "status"]).output,
     "retention": runner.invoke(args=["etl", "retention"]).output,
-    "beat": celeryconfig.beat_schedule.get("etl-supply"),
+    "beat": app.extensions["celery"].conf.beat_schedule.get("etl-supply"),
     "settings": {
         key: app.config[key]
         for key in (

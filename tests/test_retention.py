@@ -1,6 +1,5 @@
 """Retention: old raw rows the transform covered go in short batches; nothing else is lost."""
 
-import importlib
 import json
 import threading
 import time
@@ -11,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-import celeryconfig
 from kasparro import create_app
+from kasparro.celery_config import celery_settings
 from kasparro.config import load_settings
 from kasparro.db_types import utcnow
 from kasparro.etl.left_over import load_left_over
@@ -386,12 +385,8 @@ def test_beat_schedules_retention_at_the_configured_interval(monkeypatch, config
         monkeypatch.setenv("SCHEDULE_RETENTION_SECONDS", configured)
     else:
         monkeypatch.delenv("SCHEDULE_RETENTION_SECONDS", raising=False)
-    try:
-        config = importlib.reload(celeryconfig)
-        entry, imports = config.beat_schedule["retention"], config.imports
-    finally:
-        monkeypatch.undo()
-        importlib.reload(celeryconfig)
+    config = celery_settings(load_settings())
+    entry, imports = config["beat_schedule"]["retention"], config["imports"]
 
     assert entry == {"task": "etl.retention", "schedule": interval}
     assert "tasks.maintenance" in imports

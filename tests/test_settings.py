@@ -1,13 +1,14 @@
 """Every setting is declared once in kasparro/config.py; its docs page and .env.example agree."""
 
 import ast
-import importlib
 import re
 from pathlib import Path
 
 import pytest
 
-import celeryconfig
+from kasparro import config as config_module
+from kasparro import create_app
+from kasparro.celery_config import celery_settings
 from kasparro.config import (
     app_settings,
     env_example,
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EVERY_SETTING = {setting.name: setting for _, group in setting_groups() for setting in group}
 # The modules of the app: only kasparro/config.py among them reads the environment.
 APP_MODULES = [*ROOT.glob("kasparro/**/*.py"), *ROOT.glob("tasks/**/*.py")]
-APP_MODULES += [ROOT / "celeryconfig.py", ROOT / "wsgi.py"]
+APP_MODULES += [ROOT / "wsgi.py"]
 
 
 @pytest.fixture
@@ -211,24 +212,45 @@ def test_celery_settings_are_built_from_the_settings(clean_environment):
     clean_environment.setenv("CELERY_QUEUE", "elsewhere")
     clean_environment.setenv("CELERY_TASK_SOFT_TIME_LIMIT", "100")
     clean_environment.setenv("CELERY_UNACKED_RESTORE_SECONDS", "1")
-    try:
-        built = importlib.reload(celeryconfig)
-        queue, soft, hard = (
-            built.task_default_queue,
-            built.task_soft_time_limit,
-            built.task_time_limit,
-        )
-        transport, eager = built.broker_transport_options, built.task_always_eager
-        clean_environment.setenv("CELERY_VISIBILITY_TIMEOUT", "8")
-        visibility = importlib.reload(celeryconfig).broker_transport_options["visibility_timeout"]
-    finally:
-        clean_environment.undo()
-        importlib.reload(celeryconfig)
+    built = celery_settings(load_settings())
+    clean_environment.setenv("CELERY_VISIBILITY_TIMEOUT", "8")
+    visibility = celery_settings(load_settings())["broker_transport_options"]["visibility_timeout"]
 
+    queue, soft, hard = (
+        built["task_default_queue"],
+        built["task_soft_time_limit"],
+        built["task_time_limit"],
+    )
+    transport, eager = built["broker_transport_options"], built["task_always_eager"]
     assert (queue, soft, hard, eager) == ("elsewhere", 100, 160, False)
     assert transport["visibility_timeout"] == 760  # ten minutes past the hard limit
     assert (transport["unacked_restore_interval"], transport["unacked_mutex_expire"]) == (1, 10)
     assert visibility == 8
+
+
+def test_the_app_and_celery_read_the_environment_once(clean_environment):
+    clean_environment.setenv("CELERY_QUEUE", "from-the-environment")
+    reads = []
+
+    def counted(settings, environ):
+        reads.extend(setting.name for setting in settings)
+        return read(settings, environ)
+
+    read = config_module._read
+    clean_environment.setattr(config_module, "_read", counted)
+    app = create_app()
+
+    # Each setting is read once, for the app and for Celery alike; the only other read is of
+    # the secrets that other services hold (POSTGRES_PASSWORD, say), so logs are scrubbed of them.
+    assert sorted(reads) == sorted(set(reads))
+    assert {setting.name for setting in app_settings()} <= set(reads)
+    assert app.extensions["celery"].conf.task_default_queue == "from-the-environment"
+    # Celery takes what the app was configured with, not what the environment says meanwhile.
+    clean_environment.setenv("CELERY_QUEUE", "changed-later")
+    assert app.extensions["celery"].conf.task_default_queue == "from-the-environment"
+    assert create_app({"CELERY_QUEUE": "given"}).extensions["celery"].conf.task_default_queue == (
+        "given"
+    )
 
 
 def test_only_the_settings_module_reads_the_environment():
