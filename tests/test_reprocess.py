@@ -330,3 +330,50 @@ def test_raw_rows_past_the_checkpoint_are_left_to_load_left_over(
     assert newest_run().rows_read == db.session.scalar(covered)  # and no other raw row
     assert load_left_over(db.session, source, app.config).status == "SUCCESS"  # loads them
     assert sorted(db.session.scalars(past)) == ["past-1", "past-2"]
+
+
+def read_again_as_a_new_generation(app, csv_paths, run_etl) -> None:
+    """Edit csv1's first row, so the whole file is read again; date its first reading long ago."""
+    path = csv_paths["CSV1_PATH"]
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    fields = lines[1].split(",")
+    lines[1] = ",".join([*fields[:2], fields[2] + "1", *fields[3:]])
+    db.session.execute(sa.update(RawCsvRecord).values(received_at=datetime(2025, 1, 1, tzinfo=UTC)))
+    db.session.commit()
+    path.write_text("".join(lines), encoding="utf-8")
+    run = run_etl("csv1")["csv1"]
+    assert run.rejected == 1 and len(rejections("csv1")) == 1  # known: not recorded again
+
+
+def test_a_line_that_passes_in_a_later_reading_clears_its_rejection(
+    app, runner, rejected_row, csv_paths, run_etl, monkeypatch
+):
+    read_again_as_a_new_generation(app, csv_paths, run_etl)
+    monkeypatch.setattr(csv_feed, "parse_timestamp", reads_dotted_dates(parse_timestamp))
+
+    # Only the later reading is reprocessed: the rejection was stored under the first one's key.
+    done = reprocess(runner, "--source", "csv1", "--since", "2025-06-01")
+
+    assert done.exit_code == 0, done.output
+    assert newest_run().details["reprocess"]["recovered"] == 1
+    assert rejections("csv1") == []
+    assert_exact()
+
+
+def test_a_line_rejected_anew_in_a_later_reading_keeps_one_rejection_with_the_new_reason(
+    app, runner, rejected_row, csv_paths, run_etl, monkeypatch
+):
+    read_again_as_a_new_generation(app, csv_paths, run_etl)
+
+    def refuses_dotted_dates(raw):
+        if isinstance(raw, str) and "." in raw:
+            raise InvalidValue(f"dotted date: {raw!r}")
+        return parse_timestamp(raw)
+
+    monkeypatch.setattr(csv_feed, "parse_timestamp", refuses_dotted_dates)
+
+    done = reprocess(runner, "--source", "csv1", "--since", "2025-06-01")
+
+    assert done.exit_code == 0, done.output
+    assert [reason for _, reason in rejections("csv1")] == ["dotted date: '28.12.2025'"]
+    assert_exact()

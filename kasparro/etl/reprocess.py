@@ -142,13 +142,16 @@ def _reprocess_batch(
     run.unchanged += counts.unchanged + len(unified) - len(latest)
     # The unified rows first, then the rejections: their counts triggers lock per source, and
     # holding that lock while waiting for a unified row another writer holds could deadlock.
+    # A rejection is stored under its line's content (Source.content_keys): the reading that
+    # first refused the line may lie outside this reprocess (before --since, or deleted).
     still_rejected = {rejection["record_key"] for rejection in rejections}
-    passed = [raw.record_key for raw in raws if raw.record_key not in still_rejected]
+    passed = [raw for raw in raws if raw.record_key not in still_rejected]
     recovered = 0
     if passed:
+        contents = list(source.content_keys(session, passed).values())
         recovered = session.execute(
             sa.delete(RejectedRecord)
-            .where(RejectedRecord.source == run.source, RejectedRecord.record_key.in_(passed))
+            .where(RejectedRecord.source == run.source, RejectedRecord.content_key.in_(contents))
             .execution_options(synchronize_session=False)
         ).rowcount
     _restate_reasons(session, run, rejections)
@@ -167,14 +170,14 @@ def _restate_reasons(session: Session, run: EtlRun, rejections: list[dict[str, A
     """
     for start in range(0, len(rejections), KEYS_PER_LOOKUP):
         chunk = {
-            row["record_key"]: row["reason"] for row in rejections[start : start + KEYS_PER_LOOKUP]
+            row["content_key"]: row["reason"] for row in rejections[start : start + KEYS_PER_LOOKUP]
         }
-        reason = sa.case(chunk, value=RejectedRecord.record_key)
+        reason = sa.case(chunk, value=RejectedRecord.content_key)
         session.execute(
             sa.update(RejectedRecord)
             .where(
                 RejectedRecord.source == run.source,
-                RejectedRecord.record_key.in_(list(chunk)),
+                RejectedRecord.content_key.in_(list(chunk)),
                 RejectedRecord.reason != reason,
             )
             .values(reason=reason, run_id=run.id, rejected_at=utcnow())
