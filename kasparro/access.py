@@ -16,14 +16,13 @@ keep it to Prometheus with ``METRICS_TOKEN``, ``METRICS_ALLOWED_NETWORKS``, or b
 import functools
 import hmac
 from collections.abc import Callable
-from ipaddress import ip_address
 
 from flask import current_app, request
 from flask_httpauth import HTTPTokenAuth
 from flask_smorest import abort
 from werkzeug.datastructures import Authorization
 
-from kasparro.setting import Networks, allowed_networks
+from kasparro.setting import allowed_networks, client_in
 
 OPERATOR = "operator"  # the role of a caller who sent the setting's token
 STRANGER = "stranger"  # one who sent another
@@ -89,22 +88,12 @@ admin_token = BearerToken("ETL_ADMIN_TOKEN")
 metrics_token = BearerToken("METRICS_TOKEN")
 
 
-def client_in(address: str | None, networks: Networks) -> bool:
-    """Return whether the client ``address`` lies in one of ``networks``; unknown: it does not."""
-    try:
-        client = ip_address(address or "")
-    except ValueError:
-        return False
-    if client.version == 6 and client.ipv4_mapped is not None:  # IPv4 on a dual-stack socket
-        client = client.ipv4_mapped
-    return any(client in network for network in networks)
-
-
 def require_metrics_access() -> None:
     """Abort unless the client is in METRICS_ALLOWED_NETWORKS and sends METRICS_TOKEN, if set.
 
     The client is ``request.remote_addr``: the peer, or the address the trusted proxies wrote
-    into X-Forwarded-For (``kasparro.trust_forwarded_for``), never one the client wrote itself.
+    into X-Forwarded-For (``kasparro.middleware.trust_forwarded_for``), never one the client
+    wrote itself.
     """
     listed = current_app.config["METRICS_ALLOWED_NETWORKS"]
     if listed and not client_in(request.remote_addr, allowed_networks(listed)):

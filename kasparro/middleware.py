@@ -34,7 +34,7 @@ Talisman's options and rules, and works the headers out once per endpoint and sc
 
 from collections.abc import Callable, Iterable
 from functools import wraps
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import ip_address
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,6 +42,8 @@ from flask import Flask, Response, request
 from flask_talisman import DENY, Talisman
 from werkzeug.datastructures import Headers
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from kasparro.setting import Networks, allowed_networks, client_in
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -65,15 +67,14 @@ DOCS_PAGES = {
 }
 
 
-def trusted_proxies(allowed: str) -> list[IPv4Network | IPv6Network] | None:
+def trusted_proxies(allowed: str) -> Networks | None:
     """Parse FORWARDED_ALLOW_IPS (addresses or networks, comma-separated); ``None`` means ``*``."""
-    entries = [entry.strip() for entry in allowed.split(",") if entry.strip()]
-    if "*" in entries:
+    if "*" in (entry.strip() for entry in allowed.split(",")):
         return None
     try:
-        return [ip_network(entry) for entry in entries]
+        return allowed_networks(allowed)
     except ValueError as exc:
-        raise ValueError(f"FORWARDED_ALLOW_IPS must list addresses or networks: {exc}") from None
+        raise ValueError(f"FORWARDED_ALLOW_IPS {exc}") from None
 
 
 def trust_forwarded_for(app: Flask) -> None:
@@ -88,9 +89,7 @@ def trust_forwarded_for(app: Flask) -> None:
 class ProxiedWhenTrusted:
     """Hand a request to ``ProxyFix`` when its peer is a trusted proxy, else straight to the app."""
 
-    def __init__(
-        self, app: WSGIApp, networks: list[IPv4Network | IPv6Network] | None, hops: int
-    ) -> None:
+    def __init__(self, app: WSGIApp, networks: Networks | None, hops: int) -> None:
         self.direct = app
         self.proxied = ProxyFix(app, x_for=hops)
         self.networks = networks
@@ -99,11 +98,12 @@ class ProxiedWhenTrusted:
         """Tell whether the peer of this request is one of the trusted proxies."""
         if self.networks is None:
             return True
+        peer = environ.get("REMOTE_ADDR", "")
         try:
-            peer = ip_address(environ.get("REMOTE_ADDR", ""))
+            ip_address(peer)
         except ValueError:  # a UNIX socket: only local processes reach it (gunicorn trusts it too)
             return True
-        return any(peer in network for network in self.networks)
+        return client_in(peer, self.networks)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]):
         """Serve the request, through ``ProxyFix`` when the peer is trusted."""

@@ -7,7 +7,7 @@ settings with these types, so this module imports nothing of the project.
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,17 @@ def allowed_networks(listed: str) -> Networks:
         except ValueError:
             raise ValueError(f"must list addresses or networks ({entry!r} is neither)") from None
     return tuple(networks)
+
+
+def client_in(address: str | None, networks: Networks) -> bool:
+    """Return whether the client ``address`` lies in one of ``networks``; unknown: it does not."""
+    try:
+        client = ip_address(address or "")
+    except ValueError:
+        return False
+    if client.version == 6 and client.ipv4_mapped is not None:  # IPv4 on a dual-stack socket
+        client = client.ipv4_mapped
+    return any(client in network for network in networks)
 
 
 def network_list(raw: str) -> str:

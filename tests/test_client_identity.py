@@ -111,6 +111,7 @@ def test_a_peer_outside_the_trusted_proxies_is_not_believed(make_client, peer, h
         ("127.0.0.1,10.0.0.0/8", PROXY),
         ("10.0.0.5 , ::1", PROXY),
         ("10.0.0.0/8", ""),  # a UNIX socket has no peer address; only local processes reach it
+        ("10.0.0.0/8", f"::ffff:{PROXY}"),  # an IPv4 proxy seen on a dual-stack socket
     ],
 )
 def test_a_peer_inside_the_trusted_proxies_is_believed(make_client, allowed, peer):
