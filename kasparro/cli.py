@@ -1,4 +1,4 @@
-"""``flask etl run``, ``flask etl status`` and ``flask etl retention``."""
+"""``flask etl run``, ``status``, ``retention`` and ``load-left-over``."""
 
 import json
 import sys

@@ -127,7 +127,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ETL_WORKER_LOST_RETRIES",
         2,
-        "sends of a task after its worker process died; then its run is FAILED",
+        "sends of a task after its worker process or whole worker was lost; then the run FAILS",
         whole_number,
     ),
     Setting(

@@ -2,7 +2,7 @@
 
 The tasks themselves live in the ``tasks`` package, which imports this one; queuing them by
 name keeps the arrows one way. Without a broker the chain runs eagerly, in this process, with
-the tasks the Celery app loaded through its configuration's ``imports`` (kasparro.celery_app).
+the tasks the Celery app loaded through its configuration's ``imports`` (kasparro.celery_config).
 """
 
 import sqlalchemy as sa

@@ -117,7 +117,7 @@ def ingest(run_id: int) -> dict[str, Any]:
 
 @shared_task(name=FINISH_TASK, run_id_of=staticmethod(lambda args: args[0]["run_id"]))
 def finish_run(ingested: dict[str, Any]) -> dict[str, Any]:
-    """Load raw rows an earlier version left unloaded, and close the run with its status."""
+    """Close the run with its status: PARTIAL when it rejected records or stopped early."""
     run_id = ingested["run_id"]
     _ensure_running(run_id)
     with _failing_run_on_error(run_id):

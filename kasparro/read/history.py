@@ -1,4 +1,4 @@
-"""An asset's history as GET /assets/<id>/history serves it: buckets of a fixed width, newest first.
+"""An asset's history as GET /assets/<id>/history serves it: buckets of a fixed width, oldest first.
 
 A page of history reads only the observations of the buckets it returns, through
 ``ix_unified_asset_metric_timestamp_id``.

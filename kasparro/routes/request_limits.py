@@ -3,8 +3,9 @@
 gunicorn has limits of its own for the request line, the number of header fields and each
 field's size, and refuses past them with an HTML page before the app sees the request.
 docker/gunicorn.conf.py sets gunicorn's limits above these, so these bind first and a client is
-refused in JSON, with a request id and an access-log line. These are gunicorn's defaults: a
-client is held to the same bounds as before, only the answer changed.
+refused in JSON, with a request id and an access-log line. The request-line and header limits
+are gunicorn's defaults, so a client is held to the same bounds as before; the 2048-byte query
+string limit is the app's own.
 """
 
 from collections.abc import Iterator, Mapping
