@@ -364,6 +364,7 @@ def test_a_line_rejected_anew_in_a_later_reading_keeps_one_rejection_with_the_ne
     app, runner, rejected_row, csv_paths, run_etl, monkeypatch
 ):
     read_again_as_a_new_generation(app, csv_paths, run_etl)
+    [(_, _, _, first_rejected_at)] = rejected_rows()
 
     def refuses_dotted_dates(raw):
         if isinstance(raw, str) and "." in raw:
@@ -376,4 +377,8 @@ def test_a_line_rejected_anew_in_a_later_reading_keeps_one_rejection_with_the_ne
 
     assert done.exit_code == 0, done.output
     assert [reason for _, reason in rejections("csv1")] == ["dotted date: '28.12.2025'"]
+    [(_, _, run_id, rejected_at)] = rejected_rows()
+    run = newest_run()
+    assert (run_id, run.status, run.rejected) == (run.id, "PARTIAL", 1)
+    assert rejected_at > first_rejected_at
     assert_exact()

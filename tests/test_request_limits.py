@@ -90,6 +90,17 @@ def test_every_operation_refuses_an_over_long_query_string_with_json_414(client,
         assert "query string" in body["message"], (method, path)
 
 
+@pytest.mark.parametrize(("over", "status"), [(0, 200), (1, 414)])
+def test_a_query_string_of_exactly_the_limit_is_read_and_one_byte_more_is_not(client, over, status):
+    # /runs ignores an argument it does not know: only the query's length decides.
+    query = "source=csv1&limit=1&x=" + "1" * (MAX_QUERY_STRING - 22 + over)
+    assert len(query) == MAX_QUERY_STRING + over
+
+    response = client.get(f"/runs?{query}")
+
+    assert response.status_code == status, response.get_json()
+
+
 @pytest.mark.parametrize(
     "path",
     ["/assets/{}", "/assets/{}/history", "/runs/{}", "/no-such-page/{}", "/{}"],
